@@ -1,0 +1,24 @@
+"""timm-lap: least-action (LAP) training for residual networks in PyTorch / timm.
+
+    criterion = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model)
+    multiplier = timm_lap.MultiplierScheduler(optimizer, criterion, tau=1.0)
+"""
+from .energy import block_energy, reference_energy
+from .loss import LeastActionLoss
+from .multiplier import MultiplierScheduler
+from .tracker import DisplacementTracker, get_tracker, track
+from .models import list_lap_models, register_lap_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DisplacementTracker",
+    "LeastActionLoss",
+    "MultiplierScheduler",
+    "block_energy",
+    "get_tracker",
+    "list_lap_models",
+    "reference_energy",
+    "register_lap_model",
+    "track",
+]

@@ -1,0 +1,84 @@
+"""The drop-in loss wrapper: ``task + transport / lam`` (or ``task + weight * transport``)."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .tracker import DisplacementTracker, track
+
+if TYPE_CHECKING:
+    from .multiplier import MultiplierScheduler
+
+__all__ = ["LeastActionLoss"]
+
+
+class LeastActionLoss(nn.Module):
+    """Wrap a task loss with the least-action transport penalty.
+
+    ``loss = criterion(output, target) + transport / lam``, where ``lam`` comes from an
+    attached :class:`~timm_lap.MultiplierScheduler` (``lam0 = 1`` until one is attached).
+    With ``weight=w`` (and no scheduler) it is the fixed-weight regulariser
+    ``task + w * transport``.
+
+    After each call, ``task_loss``, ``transport`` and ``lam`` hold detached tensors for logging.
+    """
+
+    def __init__(
+        self,
+        criterion: Callable[[Any, Any], torch.Tensor],
+        model_or_tracker: nn.Module | DisplacementTracker,
+        weight: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(criterion):
+            raise TypeError(f"criterion must be callable as criterion(output, target); got {type(criterion).__name__}.")
+        if weight is not None and (isinstance(weight, bool) or not math.isfinite(float(weight)) or weight < 0):
+            raise ValueError(f"weight must be a finite number >= 0 (or None to use the multiplier); got {weight!r}.")
+        self.criterion = criterion
+        if isinstance(model_or_tracker, DisplacementTracker):
+            self.tracker = model_or_tracker
+        elif isinstance(model_or_tracker, nn.Module):
+            self.tracker = track(model_or_tracker)
+        else:
+            raise TypeError(
+                "LeastActionLoss needs the model (or its DisplacementTracker) as second argument; "
+                f"got {type(model_or_tracker).__name__}."
+            )
+        self.weight = None if weight is None else float(weight)
+        self.scheduler: MultiplierScheduler | None = None
+        self.task_loss: torch.Tensor | None = None
+        self.transport: torch.Tensor | None = None
+        self._lam0 = torch.ones((), dtype=torch.float64)
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """Current multiplier (detached): the scheduler's, else ``lam0 = 1``."""
+        return (self.scheduler.lam if self.scheduler is not None else self._lam0).detach()
+
+    def forward(self, output: Any, target: Any) -> torch.Tensor:
+        task = self.criterion(output, target)
+        if not isinstance(task, torch.Tensor) or task.ndim != 0:
+            shape = tuple(task.shape) if isinstance(task, torch.Tensor) else type(task).__name__
+            raise ValueError(
+                f"the wrapped criterion must return a scalar tensor; got {shape}. "
+                "Use reduction='mean' (or 'sum') in the criterion."
+            )
+        transport = self.tracker.transport_cost()
+        if self.scheduler is not None:
+            if task.requires_grad:
+                self.scheduler.observe(task)
+            total = task + transport * self.scheduler.inverse_lam
+        elif self.weight is not None:
+            total = task + transport * self.weight
+        else:
+            total = task + transport  # lam0 = 1
+        self.task_loss = task.detach()
+        self.transport = transport.detach()
+        return total
+
+    def extra_repr(self) -> str:
+        mode = "multiplier" if self.weight is None else f"weight={self.weight}"
+        return f"{mode}, p={self.tracker.p}, blocks={len(self.tracker.blocks)}"

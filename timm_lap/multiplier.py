@@ -1,0 +1,178 @@
+"""Optimizer-side Uzawa update of the multiplier: ``lam += tau * task_loss``."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .loss import LeastActionLoss
+
+__all__ = ["MultiplierScheduler"]
+
+
+class MultiplierScheduler:
+    """Grow ``lam`` by ``tau * task_loss`` every ``every`` optimizer updates.
+
+    It registers a post-step hook on ``optimizer``, so the update happens exactly once per
+    real optimizer step, with the mean task loss of the micro-batches seen by ``loss``
+    since the previous step (gradient accumulation works unchanged). ``lam`` is a float64
+    tensor on the loss's device and is never read on the host: no synchronisation. Under
+    ``torch.distributed`` the mean task loss is averaged over ranks first, so every rank
+    holds the same ``lam``. A non-finite task loss leaves ``lam`` unchanged.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        loss: LeastActionLoss,
+        tau: float = 1.0,
+        every: int = 1,
+        lambda0: float = 1.0,
+    ) -> None:
+        if not isinstance(loss, LeastActionLoss):
+            raise TypeError(f"loss must be a timm_lap.LeastActionLoss; got {type(loss).__name__}.")
+        if loss.weight is not None:
+            raise ValueError(
+                "this LeastActionLoss has a fixed weight (weight=...); the multiplier replaces it. "
+                "Create the loss without weight= to use MultiplierScheduler."
+            )
+        if loss.scheduler is not None:
+            raise ValueError("this LeastActionLoss already has a MultiplierScheduler; call its remove() first.")
+        if not hasattr(optimizer, "register_step_post_hook"):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}.")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
+            raise ValueError(f"tau must be a finite number >= 0 (the multiplier's step size); got {tau!r}.")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1 (update lam every N optimizer steps); got {every!r}.")
+        if isinstance(lambda0, bool) or not isinstance(lambda0, (int, float)) or not (0 < lambda0 < math.inf):
+            raise ValueError(f"lambda0 must be a finite number > 0 (the initial multiplier); got {lambda0!r}.")
+        self.tau = float(tau)
+        self.every = every
+        self.lambda0 = float(lambda0)
+        self.optimizer = optimizer
+        self.loss = loss
+        self.num_updates = 0
+        self._lam = torch.full((), self.lambda0, dtype=torch.float64)
+        self._inverse_lam = torch.full((), 1.0 / self.lambda0, dtype=torch.float32)
+        self._pending_sum: torch.Tensor | None = None
+        self._pending_count = 0
+        self._nonfinite = torch.zeros((), dtype=torch.bool)
+        self._nonfinite_host = np.zeros((), dtype=bool)
+        self._warned = False
+        self._pinned_flag: torch.Tensor | None = None
+        self._handle = optimizer.register_step_post_hook(self._after_optimizer_step)
+        loss.scheduler = self
+
+    # ------------------------------------------------------------------ public
+    @property
+    def lam(self) -> torch.Tensor:
+        """The current multiplier (float64 tensor on the loss's device)."""
+        return self._lam
+
+    @property
+    def inverse_lam(self) -> torch.Tensor:
+        """``1 / lam`` in float32, the factor applied to the transport cost."""
+        return self._inverse_lam
+
+    def observe(self, task_loss: torch.Tensor) -> None:
+        """Record one micro-batch's task loss (LeastActionLoss calls this on training forwards)."""
+        task_loss = task_loss.detach()
+        if self._lam.device != task_loss.device:
+            self._move_to(task_loss.device)
+        self._pending_sum = task_loss.double() if self._pending_sum is None else self._pending_sum + task_loss
+        self._pending_count += 1
+
+    def step(self, task_loss: torch.Tensor | float | None = None) -> None:
+        """Update ``lam`` now, from ``task_loss`` or the mean of the losses observed since the last update."""
+        if task_loss is not None:
+            value = torch.as_tensor(task_loss, dtype=torch.float64, device=self._lam.device)
+        elif self._pending_count:
+            value = self._pending_sum / self._pending_count
+        else:
+            return
+        self._pending_sum, self._pending_count = None, 0
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= dist.get_world_size()
+        finite = torch.isfinite(value)
+        self._lam.add_(torch.where(finite, value * self.tau, torch.zeros_like(value)))
+        torch.reciprocal(self._lam, out=self._inverse_lam)
+        self._nonfinite.logical_or_(~finite)
+        self._report_nonfinite()
+
+    def remove(self) -> None:
+        """Detach from the optimizer and the loss (which falls back to ``lam0 = 1``)."""
+        self._handle.remove()
+        if self.loss.scheduler is self:
+            self.loss.scheduler = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lam": self._lam.detach().clone(),
+            "tau": self.tau,
+            "every": self.every,
+            "lambda0": self.lambda0,
+            "num_updates": self.num_updates,
+            "pending_sum": None if self._pending_sum is None else self._pending_sum.detach().clone(),
+            "pending_count": self._pending_count,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        missing = {"lam", "tau", "every", "lambda0", "num_updates"} - set(state_dict)
+        if missing:
+            raise KeyError(f"MultiplierScheduler state_dict is missing {sorted(missing)}.")
+        device = self._lam.device
+        self.tau = float(state_dict["tau"])
+        self.every = int(state_dict["every"])
+        self.lambda0 = float(state_dict["lambda0"])
+        self.num_updates = int(state_dict["num_updates"])
+        self._lam = state_dict["lam"].detach().to(device=device, dtype=torch.float64).clone()
+        self._inverse_lam = (1.0 / self._lam).float()
+        pending = state_dict.get("pending_sum")
+        self._pending_sum = None if pending is None else pending.detach().to(device=device, dtype=torch.float64)
+        self._pending_count = int(state_dict.get("pending_count", 0))
+
+    def __repr__(self) -> str:
+        return f"MultiplierScheduler(tau={self.tau}, every={self.every}, lambda0={self.lambda0})"
+
+    # ---------------------------------------------------------------- internals
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.num_updates += 1
+        if self.num_updates % self.every == 0:
+            self.step()
+        else:
+            self._pending_sum, self._pending_count = None, 0
+
+    def _move_to(self, device: torch.device) -> None:
+        self._lam = self._lam.to(device)
+        self._inverse_lam = self._inverse_lam.to(device)
+        self._nonfinite = self._nonfinite.to(device)
+        if self._pending_sum is not None:
+            self._pending_sum = self._pending_sum.to(device)
+
+    def _report_nonfinite(self) -> None:
+        # The sticky device flag reaches the host through an asynchronous copy into pinned memory,
+        # so checking it never stalls the device; on an accelerator the warning may come one update late.
+        if self._warned:
+            return
+        if self._nonfinite.device.type == "cpu":
+            self._nonfinite_host[()] = self._nonfinite.numpy()
+            seen = bool(self._nonfinite_host)
+        else:
+            seen = bool(self._nonfinite_host)  # result of the previous update's copy
+            if self._pinned_flag is None:
+                self._pinned_flag = torch.zeros((), dtype=torch.bool, pin_memory=True)
+                self._nonfinite_host = self._pinned_flag.numpy()
+            self._pinned_flag.copy_(self._nonfinite, non_blocking=True)
+        if seen:
+            self._warned = True
+            warnings.warn(
+                "timm_lap: a non-finite task loss reached MultiplierScheduler; lam was left unchanged "
+                "for that update.",
+                stacklevel=4,
+            )

@@ -1,0 +1,281 @@
+"""Forward hooks that record each residual block's displacement energy."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from .blocks import BlockSelector, BlockSpec, find_blocks, select_blocks
+from .energy import block_energy
+
+__all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model"]
+
+_TRACKER_ATTR = "_timm_lap_tracker"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip ``torch.compile``, DDP and DataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _in_backward() -> bool:
+    # True while autograd runs a backward pass, e.g. when gradient checkpointing recomputes blocks.
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_graph_task_id() != -1
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+class _BlockHook:
+    """Per-block hook object (a callable object, so ``deepcopy`` gives each copy its own)."""
+
+    def __init__(self, tracker: "DisplacementTracker", spec: BlockSpec) -> None:
+        self.tracker = tracker
+        self.name = spec.name
+        self.has_projection = spec.shortcut is not None
+        self.explicit = spec.rule.startswith("explicit")
+        self.captured: torch.Tensor | None = None
+        self.checked = False
+
+    def capture_shortcut(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.captured = output
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        shortcut = self.captured if self.has_projection else _first_tensor(args, kwargs)
+        self.captured = None
+        self.tracker._record(self, module, output, shortcut)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "captured": None}
+
+
+class DisplacementTracker:
+    """Records ``mean(|block(x) - shortcut(x)|^p)`` for every tracked block of a model.
+
+    Create it with :func:`track`. Each top-level forward of the model starts a fresh
+    account; :meth:`transport_cost` returns the differentiable sum over blocks of the
+    most recent forward, :meth:`per_block` the detached values by block name.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        specs: Sequence[BlockSpec],
+        skipped: dict[str, str],
+        p: float = 2.0,
+        track_eval: bool = False,
+    ) -> None:
+        self.p = float(p)
+        self.track_eval = bool(track_eval)
+        self.skipped: dict[str, str] = dict(skipped)
+        self._model: nn.Module | None = model
+        self._names = [s.name for s in specs]
+        self._invalid: set[str] = set()
+        self._energies: dict[str, torch.Tensor] = {}
+        self._training_pass = False
+        self._warned: set[str] = set()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles.append(model.register_forward_pre_hook(self._start_pass))
+        for spec in specs:
+            hook = _BlockHook(self, spec)
+            self._handles.append(spec.module.register_forward_hook(hook, with_kwargs=True))
+            if spec.shortcut is not None:
+                self._handles.append(spec.shortcut.register_forward_hook(hook.capture_shortcut))
+        setattr(model, _TRACKER_ATTR, self)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def blocks(self) -> list[str]:
+        """Names of the tracked blocks, in forward order of registration."""
+        return [n for n in self._names if n not in self._invalid]
+
+    @property
+    def removed(self) -> bool:
+        return self._model is None
+
+    def transport_cost(self) -> torch.Tensor:
+        """Differentiable float32 transport cost (sum of block energies) of the latest forward."""
+        self._check_alive()
+        values = list(self._energies.values())
+        if not values:
+            param = next(self._model.parameters(), None)
+            return torch.zeros((), dtype=torch.float32, device=param.device if param is not None else None)
+        if len(values) == 1:
+            return values[0]
+        return torch.stack(values).sum()
+
+    def per_block(self) -> dict[str, torch.Tensor]:
+        """Detached per-block energies of the latest forward, by block name."""
+        self._check_alive()
+        return {name: e.detach() for name, e in self._energies.items()}
+
+    def reset(self) -> None:
+        """Forget the recorded energies (a top-level forward does this by itself)."""
+        self._energies = {}
+
+    def remove(self) -> None:
+        """Remove every hook; the model then behaves exactly as if it was never tracked."""
+        if self._model is None:
+            return
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if getattr(self._model, _TRACKER_ATTR, None) is self:
+            delattr(self._model, _TRACKER_ATTR)
+        self._model = None
+        self._energies = {}
+
+    def __enter__(self) -> "DisplacementTracker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._model is None else f"{len(self.blocks)} blocks"
+        return f"DisplacementTracker({state}, p={self.p}, track_eval={self.track_eval})"
+
+    # ------------------------------------------------------- copies & pickling
+    def __getstate__(self) -> dict:
+        # Recorded energies belong to one forward of one model: never copy them.
+        return {**self.__dict__, "_energies": {}}
+
+    # ---------------------------------------------------------------- hooks
+    def _check_alive(self) -> None:
+        if self._model is None:
+            raise RuntimeError(
+                "This DisplacementTracker was removed (tracker.remove()); it records nothing. "
+                "Call timm_lap.track(model) to track the model again."
+            )
+
+    def _start_pass(self, module: nn.Module, args: tuple) -> None:
+        if _in_backward():
+            return
+        self._energies = {}
+        self._training_pass = module.training and torch.is_grad_enabled()
+
+    def _record(self, hook: _BlockHook, module: nn.Module, output: Any, shortcut: torch.Tensor | None) -> None:
+        name = hook.name
+        if name in self._invalid:
+            return
+        if not hook.checked and not self._check_block(hook, output, shortcut):
+            return
+        if module.training and torch.is_grad_enabled():
+            energy = block_energy(output, shortcut, self.p)
+            if _in_backward():
+                # Gradient-checkpoint recomputation: the energy is computed again so that the
+                # recomputed graph saves the same tensors, but it was already counted.
+                return
+        elif self.track_eval:
+            if _in_backward():
+                return
+            with torch.no_grad():
+                energy = block_energy(output, shortcut, self.p)
+        else:
+            if module.training and self._training_pass and not _in_backward():
+                self._warn_once(
+                    "no_grad_block",
+                    f"block {name!r} ran without autograd inside a training forward (reentrant gradient "
+                    "checkpointing, or torch.no_grad() inside the model): it adds no transport. Use "
+                    "non-reentrant checkpointing (timm's default).",
+                )
+            return
+        prev = self._energies.get(name)
+        self._energies[name] = energy if prev is None else prev + energy
+
+    def _check_block(self, hook: _BlockHook, output: Any, shortcut: torch.Tensor | None) -> bool:
+        reason = None
+        if not isinstance(output, torch.Tensor):
+            reason = f"its output is a {type(output).__name__}, not a tensor"
+        elif shortcut is None:
+            reason = "no tensor input (or projected shortcut) was seen"
+        elif output.shape != shortcut.shape:
+            reason = (
+                f"its output shape {tuple(output.shape)} differs from its shortcut shape "
+                f"{tuple(shortcut.shape)} and no projection shortcut is known"
+            )
+        if reason is None:
+            hook.checked = True
+            return True
+        self._invalid.add(hook.name)
+        self.skipped[hook.name] = reason
+        # Blocks found automatically may be non-residual look-alikes: those are only listed in `skipped`.
+        if hook.explicit:
+            warnings.warn(f"timm_lap: not tracking block {hook.name!r} (from blocks=): {reason}.", stacklevel=3)
+        return False
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"timm_lap: {message}", stacklevel=4)
+
+
+def get_tracker(model: nn.Module) -> DisplacementTracker | None:
+    """The tracker attached to ``model`` (through compile/DDP wrappers), or None."""
+    return getattr(unwrap_model(model), _TRACKER_ATTR, None)
+
+
+def _validate_p(p: float) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+        raise ValueError(f"p must be a finite number > 0 (the exponent of |displacement|^p); got {p!r}.")
+    return float(p)
+
+
+def track(
+    model: nn.Module,
+    blocks: Sequence[BlockSelector] | BlockSelector | None = None,
+    p: float = 2.0,
+    track_eval: bool = False,
+) -> DisplacementTracker:
+    """Attach a :class:`DisplacementTracker` to ``model`` (at most one per model).
+
+    Args:
+        model: any residual network (timm, torchvision or your own); compile/DDP wrappers are unwrapped.
+        blocks: None to find the residual blocks automatically, or module names, ``fnmatch``
+            globs (``'layer*.*'``) or module objects.
+        p: exponent of the displacement norm (2 = kinetic energy).
+        track_eval: also record (detached) energies in eval mode or without autograd.
+    """
+    p = _validate_p(p)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"track() needs an nn.Module; got {type(model).__name__}.")
+    base = unwrap_model(model)
+    existing = get_tracker(base)
+    if existing is not None:
+        if blocks is None and p == existing.p and bool(track_eval) == existing.track_eval:
+            return existing
+        raise ValueError(
+            f"{type(base).__name__} is already tracked (p={existing.p}, track_eval={existing.track_eval}, "
+            f"{len(existing.blocks)} blocks). Call timm_lap.get_tracker(model).remove() before tracking it "
+            "with other settings."
+        )
+    if blocks is None:
+        specs, skipped = find_blocks(base)
+    else:
+        specs, skipped = select_blocks(base, blocks), {}
+    if not specs:
+        n_modules = sum(1 for _ in base.modules())
+        raise ValueError(
+            f"timm_lap found no residual block in {type(base).__name__} ({n_modules} modules searched for: "
+            "timm/torchvision residual blocks, modules with a has_skip/use_res_connect flag or a "
+            "downsample/shortcut projection, and modules whose class name contains Block/Bottleneck/Residual "
+            "and whose forward adds a shortcut). LAP needs residual blocks x -> x + r(x). If your model has "
+            "them, name them: timm_lap.track(model, blocks=['layers.*']) or blocks=[module, ...]."
+            + (f" Left out: {skipped}." if skipped else "")
+        )
+    return DisplacementTracker(base, specs, skipped, p=p, track_eval=track_eval)
