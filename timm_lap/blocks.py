@@ -15,7 +15,6 @@ the block input). Rules are tried in order; the first that answers wins:
 """
 from __future__ import annotations
 
-import fnmatch
 import inspect
 import re
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ SKIP_FLAGS = ("has_skip", "has_residual", "use_res_connect")
 PROJECTION_ATTRS = ("downsample", "shortcut", "proj_shortcut", "skip")
 # In these timm families a shortcut attribute of None means "this block has no residual".
 OPTIONAL_SHORTCUT_MODULES = ("timm.models.regnet", "timm.models.byobnet")
-BLOCK_NAME_PATTERN = re.compile(r"block|bottleneck|residual|resunit", re.IGNORECASE)
+BLOCK_NAME_PATTERN = re.compile(r"block|bottleneck|basic|residual|resunit", re.IGNORECASE)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -148,7 +147,7 @@ def find_blocks(model: nn.Module) -> tuple[list[BlockSpec], dict[str, str]]:
 
 
 def select_blocks(model: nn.Module, selectors: Sequence[BlockSelector] | str | nn.Module) -> list[BlockSpec]:
-    """Resolve ``blocks=`` (names, ``fnmatch`` globs or module objects) to specs, in model order."""
+    """Resolve ``blocks=`` (names, globs or module objects) to specs, in model order."""
     if isinstance(selectors, (str, nn.Module)):
         selectors = [selectors]
     named = list(model.named_modules())
@@ -162,7 +161,8 @@ def select_blocks(model: nn.Module, selectors: Sequence[BlockSelector] | str | n
                 )
             chosen[by_id[id(sel)]] = sel
         elif isinstance(sel, str):
-            hits = [(n, m) for n, m in named if n and (n == sel or fnmatch.fnmatchcase(n, sel))]
+            pattern = _glob_to_regex(sel)
+            hits = [(n, m) for n, m in named if n and pattern.fullmatch(n)]
             if not hits:
                 raise ValueError(
                     f"blocks=: {sel!r} matches no module of {type(model).__name__}. "
@@ -181,6 +181,21 @@ def select_blocks(model: nn.Module, selectors: Sequence[BlockSelector] | str | n
         else:  # the user said it is a block: trust them, identity shortcut, shape checked at first forward
             specs.append(BlockSpec(name, module, None, "explicit:identity"))
     return specs
+
+
+def _glob_to_regex(glob: str) -> re.Pattern:
+    """``*`` and ``?`` stay within one name component (``layer1.*`` is layer1's children); ``**`` crosses dots."""
+    out = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        c = glob[i]
+        out.append("[^.]*" if c == "*" else "[^.]" if c == "?" else re.escape(c))
+        i += 1
+    return re.compile("".join(out))
 
 
 def _name_examples(named: Iterable[tuple[str, nn.Module]], limit: int = 8) -> str:

@@ -24,7 +24,7 @@ class _SquaredDisplacementMean(torch.autograd.Function):
     def forward(ctx, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(out, shortcut)
         d = _displacement_f32(out, shortcut)
-        return torch.linalg.vector_norm(d).square() / d.numel()
+        return d.square_().mean()  # d is our own temporary: square it in place
 
     @staticmethod
     @once_differentiable
@@ -33,7 +33,7 @@ class _SquaredDisplacementMean(torch.autograd.Function):
         scale = grad * (2.0 / out.numel())
         g = _displacement_f32(out, shortcut).mul_(scale)
         grad_out = g.to(out.dtype) if ctx.needs_input_grad[0] else None
-        grad_shortcut = g.neg_().to(shortcut.dtype) if ctx.needs_input_grad[1] else None
+        grad_shortcut = torch.neg(g).to(shortcut.dtype) if ctx.needs_input_grad[1] else None
         return grad_out, grad_shortcut
 
 

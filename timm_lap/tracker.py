@@ -246,8 +246,8 @@ def track(
 
     Args:
         model: any residual network (timm, torchvision or your own); compile/DDP wrappers are unwrapped.
-        blocks: None to find the residual blocks automatically, or module names, ``fnmatch``
-            globs (``'layer*.*'``) or module objects.
+        blocks: None to find the residual blocks automatically, or module names, globs
+            (``'layer*.*'``; ``*`` stays within one dotted component, ``**`` crosses them) or module objects.
         p: exponent of the displacement norm (2 = kinetic energy).
         track_eval: also record (detached) energies in eval mode or without autograd.
     """

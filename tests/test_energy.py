@@ -1,0 +1,59 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from timm_lap.energy import block_energy, reference_energy
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_p2_matches_reference_value_and_grads(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.randn(shape, generator=g).to(dtype).requires_grad_()
+    sc = torch.randn(shape, generator=g).to(dtype).requires_grad_()
+    fused = block_energy(out, sc, 2.0)
+    out_r = out.detach().clone().requires_grad_()
+    sc_r = sc.detach().clone().requires_grad_()
+    ref = reference_energy(out_r, sc_r, 2.0)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+    fused.backward()
+    ref.backward()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(out.grad, out_r.grad, **tol)
+    torch.testing.assert_close(sc.grad, sc_r.grad, **tol)
+    assert out.grad.dtype == dtype
+
+
+def test_energy_is_float32_mean_of_all_elements():
+    out = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.bfloat16)
+    sc = torch.zeros_like(out)
+    assert block_energy(out, sc).item() == pytest.approx((1 + 4 + 9 + 16) / 4)
+    assert block_energy(out, sc, p=1.0).item() == pytest.approx(10 / 4)
+    assert block_energy(out, sc).dtype == torch.float32
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 3.0])
+def test_other_p_uses_reference(p):
+    out = torch.randn(3, 5, requires_grad=True)
+    sc = torch.randn(3, 5)
+    e = block_energy(out, sc, p)
+    expected = (out.detach() - sc).abs().pow(p).mean()
+    torch.testing.assert_close(e.detach(), expected)
+    e.backward()
+    assert torch.isfinite(out.grad).all()
+
+
+def test_fused_saves_no_new_tensor():
+    out = torch.randn(4, 8, requires_grad=True) * 1.0
+    sc = torch.randn(4, 8, requires_grad=True) * 1.0
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        block_energy(out, sc)
+    ptrs = {t.untyped_storage().data_ptr() for t in saved}
+    assert ptrs <= {out.untyped_storage().data_ptr(), sc.untyped_storage().data_ptr()}
