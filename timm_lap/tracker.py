@@ -91,6 +91,7 @@ class DisplacementTracker:
         self._warned: set[str] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._handles.append(model.register_forward_pre_hook(self._start_pass))
+        self._handles.append(model.register_forward_hook(self._end_pass))
         for spec in specs:
             hook = _BlockHook(self, spec)
             self._handles.append(spec.module.register_forward_hook(hook, with_kwargs=True))
@@ -168,6 +169,9 @@ class DisplacementTracker:
             return
         self._energies = {}
         self._training_pass = module.training and torch.is_grad_enabled()
+
+    def _end_pass(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._training_pass = False
 
     def _record(self, hook: _BlockHook, module: nn.Module, output: Any, shortcut: torch.Tensor | None) -> None:
         name = hook.name

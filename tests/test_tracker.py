@@ -1,0 +1,245 @@
+import copy
+import gc
+import weakref
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from timm.utils import ModelEmaV3
+
+import timm_lap
+from timm_lap.tracker import get_tracker
+
+from conftest import ResidualMLP
+
+
+def reference_transport(model: ResidualMLP, x: torch.Tensor, p: float) -> torch.Tensor:
+    """Hand-written: run the blocks one by one and sum mean(|x_{k+1} - x_k|^p)."""
+    h = model.stem(x)
+    total = torch.zeros((), dtype=torch.float32)
+    for block in model.blocks:
+        nxt = block(h)
+        total = total + (nxt.float() - h.float()).abs().pow(p).mean()
+        h = nxt
+    return total
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    width=st.integers(1, 12),
+    depth=st.integers(1, 5),
+    batch=st.integers(1, 6),
+    p=st.sampled_from([2.0, 1.0, 1.5, 3.0]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    zero=st.booleans(),
+)
+def test_random_residual_stacks(width, depth, batch, p, dtype, zero):
+    model = ResidualMLP(width=width, depth=depth, zero=zero).to(dtype)
+    x = torch.randn(batch, 4, dtype=dtype)
+    with timm_lap.track(model, p=p) as tracker:
+        model(x)
+        cost = tracker.transport_cost()
+        assert cost.dtype == torch.float32
+        assert cost.item() >= 0
+        if zero:
+            assert cost.item() == 0.0
+        with torch.no_grad():
+            ref = reference_transport(model, x, p)
+        torch.testing.assert_close(cost.detach(), ref, rtol=1e-5, atol=1e-7)
+        assert list(tracker.per_block()) == [f"blocks.{i}" for i in range(depth)]
+
+
+def test_gradient_equals_reference_gradient():
+    model = ResidualMLP(width=6, depth=4)
+    x = torch.randn(5, 4)
+    tracker = timm_lap.track(model)
+    model(x)
+    tracker.transport_cost().backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    assert len(params) == len(list(model.stem.parameters())) + len(list(model.blocks.parameters()))
+    got = [p.grad.clone() for p in params]
+    model.zero_grad()
+    reference_transport(model, x, 2.0).backward()
+    for g, p in zip(got, params):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def _resnet(**kw):
+    model = timm.create_model("resnet18", num_classes=4, **kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3)
+    return model
+
+
+def test_each_forward_starts_a_fresh_account():
+    model = ResidualMLP()
+    tracker = timm_lap.track(model)
+    x = torch.randn(4, 4)
+    model(x)
+    first = tracker.transport_cost().item()
+    model(x)
+    assert tracker.transport_cost().item() == pytest.approx(first, rel=1e-6)  # not 2 * first
+    model(x * 5)
+    with torch.no_grad():
+        expected = reference_transport(model, x * 5, 2.0).item()
+    assert tracker.transport_cost().item() == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(first, rel=1e-2)
+
+
+def test_records_only_in_training_with_autograd_unless_track_eval():
+    model = _resnet()
+    tracker = timm_lap.track(model)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    model(x)
+    assert tracker.per_block() == {} and tracker.transport_cost().item() == 0.0
+    model.train()
+    with torch.no_grad():
+        model(x)
+    assert tracker.per_block() == {}
+    tracker.remove()
+    tracker = timm_lap.track(model, track_eval=True)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert len(tracker.per_block()) == 8 and not tracker.transport_cost().requires_grad
+
+
+def test_gradient_checkpointing_gives_same_transport_and_gradients():
+    model = _resnet()
+    tracker = timm_lap.track(model)
+    x = torch.randn(2, 3, 32, 32)
+    results = []
+    for ckpt in (False, True):
+        model.set_grad_checkpointing(ckpt)
+        model.zero_grad()
+        out = model(x)
+        cost = tracker.transport_cost()
+        (cost + out.sum()).backward()
+        results.append((cost.item(), [p.grad.clone() for p in model.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_gives_float32_energies():
+    model = _resnet()
+    tracker = timm_lap.track(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(2, 3, 32, 32))
+        cost = tracker.transport_cost()
+    assert cost.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in tracker.per_block().values())
+    cost.backward()
+
+
+@pytest.mark.parametrize("make_copy", ["deepcopy", "ema"])
+def test_copies_never_write_into_the_original(make_copy):
+    model = _resnet()
+    tracker = timm_lap.track(model)
+    x = torch.randn(2, 3, 32, 32)
+    model(x)
+    before = tracker.per_block()
+    copy_model = copy.deepcopy(model) if make_copy == "deepcopy" else ModelEmaV3(model, decay=0.5).module
+    copy_tracker = get_tracker(copy_model)
+    assert copy_tracker is not None and copy_tracker is not tracker
+    copy_model.train()
+    copy_model(x * 3)
+    after = tracker.per_block()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert copy_tracker.transport_cost().item() != pytest.approx(tracker.transport_cost().item())
+    copy_tracker.remove()
+    model(x)
+    assert len(tracker.per_block()) == 8  # the original's hooks are still in place
+
+
+def test_remove_restores_bit_identical_outputs_and_frees_the_model():
+    model = _resnet()
+    plain = copy.deepcopy(model)
+    tracker = timm_lap.track(model)
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    plain.train()
+    model(x)
+    plain(x)
+    tracker.remove()
+    assert get_tracker(model) is None
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    model.eval()
+    plain.eval()
+    assert torch.equal(model(x), plain(x))
+    ref = weakref.ref(model)
+    del model
+    assert ref() is None  # no reference cycle: freed without the garbage collector
+    gc.collect()
+
+
+def test_context_manager_removes_hooks():
+    model = ResidualMLP()
+    with timm_lap.track(model) as tracker:
+        assert get_tracker(model) is tracker
+    assert tracker.removed and get_tracker(model) is None
+
+
+def test_tracking_is_idempotent_and_refuses_conflicting_settings():
+    model = ResidualMLP()
+    tracker = timm_lap.track(model)
+    assert timm_lap.track(model) is tracker
+    assert timm_lap.get_tracker(model) is tracker
+    with pytest.raises(ValueError, match=r"already tracked .*remove\(\)"):
+        timm_lap.track(model, p=1.0)
+
+
+def test_wrappers_are_unwrapped():
+    model = ResidualMLP()
+    tracker = timm_lap.track(model)
+    assert get_tracker(nn.DataParallel(model)) is tracker
+
+
+@pytest.mark.parametrize("p", [0, -1.0, float("nan"), float("inf"), "2"])
+def test_bad_p_is_rejected(p):
+    with pytest.raises(ValueError, match="p must be a finite number > 0"):
+        timm_lap.track(ResidualMLP(), p=p)
+
+
+def test_tracker_used_after_remove_raises():
+    model = ResidualMLP()
+    tracker = timm_lap.track(model)
+    tracker.remove()
+    with pytest.raises(RuntimeError, match=r"was removed .*track\(model\)"):
+        tracker.transport_cost()
+    with pytest.raises(RuntimeError, match="was removed"):
+        tracker.per_block()
+
+
+def test_reentrant_checkpointing_is_reported():
+    from torch.utils.checkpoint import checkpoint
+
+    class Net(ResidualMLP):
+        def forward(self, x):
+            h = self.stem(x)
+            h = checkpoint(self.blocks, h, use_reentrant=True)
+            return self.head(h)
+
+    model = Net()
+    timm_lap.track(model)
+    with pytest.warns(UserWarning, match="reentrant"):
+        model(torch.randn(3, 4, requires_grad=True))
+
+
+def test_torch_compile_records_the_same_transport():
+    model = ResidualMLP(width=8, depth=3)
+    tracker = timm_lap.track(model)
+    x = torch.randn(4, 4)
+    model(x)
+    eager = tracker.transport_cost().detach().clone()
+    compiled = torch.compile(model, backend="eager")
+    compiled(x)
+    assert get_tracker(compiled) is tracker
+    torch.testing.assert_close(tracker.transport_cost().detach(), eager)
