@@ -1,0 +1,91 @@
+import pytest
+import torch
+import torch.nn as nn
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+import timm_lap
+
+from conftest import ResidualMLP
+
+
+def _setup(**kw):
+    model = ResidualMLP()
+    return model, torch.randn(6, 4), torch.randint(0, 3, (6,))
+
+
+@pytest.mark.parametrize(
+    "criterion",
+    [nn.CrossEntropyLoss(), LabelSmoothingCrossEntropy(0.1), lambda out, y: (out.logsumexp(1) - out[:, 0]).mean()],
+    ids=["ce", "label_smoothing", "callable"],
+)
+def test_loss_is_task_plus_transport_over_lam(criterion):
+    model, x, y = _setup()
+    loss_fn = timm_lap.LeastActionLoss(criterion, model)
+    out = model(x)
+    loss = loss_fn(out, y)
+    tracker = timm_lap.get_tracker(model)
+    expected = criterion(out, y) + tracker.transport_cost() / 1.0
+    torch.testing.assert_close(loss, expected)
+    assert loss_fn.lam.item() == 1.0
+    assert not loss_fn.task_loss.requires_grad and not loss_fn.transport.requires_grad
+    torch.testing.assert_close(loss_fn.transport, tracker.transport_cost().detach())
+    loss.backward()
+    assert model.blocks[0].fc1.weight.grad is not None
+
+
+def test_soft_target_mixup_targets():
+    model, x, _ = _setup()
+    soft = torch.softmax(torch.randn(6, 3), dim=1)
+    loss_fn = timm_lap.LeastActionLoss(SoftTargetCrossEntropy(), model)
+    out = model(x)
+    torch.testing.assert_close(loss_fn(out, soft), SoftTargetCrossEntropy()(out, soft) + loss_fn.transport)
+
+
+def test_fixed_weight_mode():
+    model, x, y = _setup()
+    loss_fn = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model, weight=0.25)
+    out = model(x)
+    loss = loss_fn(out, y)
+    torch.testing.assert_close(loss, loss_fn.task_loss + 0.25 * loss_fn.transport)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="fixed weight"):
+        timm_lap.MultiplierScheduler(opt, loss_fn)
+
+
+def test_accepts_a_tracker():
+    model, x, y = _setup()
+    tracker = timm_lap.track(model, p=1.0)
+    loss_fn = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), tracker)
+    assert loss_fn.tracker is tracker
+    loss_fn(model(x), y)
+
+
+def test_non_scalar_loss_is_rejected():
+    model, x, y = _setup()
+    loss_fn = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(reduction="none"), model)
+    with pytest.raises(ValueError, match=r"must return a scalar tensor; got \(6,\).*reduction='mean'"):
+        loss_fn(model(x), y)
+
+
+def test_bad_arguments():
+    model = ResidualMLP()
+    with pytest.raises(TypeError, match="criterion must be callable"):
+        timm_lap.LeastActionLoss(3, model)
+    with pytest.raises(TypeError, match="needs the model"):
+        timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), "model")
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model, weight=-1)
+
+
+def test_eval_forward_has_no_transport_and_does_not_feed_the_multiplier():
+    model, x, y = _setup()
+    loss_fn = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = timm_lap.MultiplierScheduler(opt, loss_fn)
+    model.eval()
+    with torch.no_grad():
+        loss = loss_fn(model(x), y)
+    assert loss_fn.transport.item() == 0.0
+    torch.testing.assert_close(loss, loss_fn.task_loss)
+    opt.step()
+    assert sched.lam.item() == 1.0  # nothing observed: no update

@@ -1,0 +1,118 @@
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import timm_lap
+from timm_lap.models import DEFAULT_LAP_ARCHS
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "resnetv2_101"}
+
+
+def _check_lap_model(arch):
+    name = arch + "_lap"
+    assert name in timm_lap.list_lap_models()
+    model = timm.create_model(name, num_classes=3)
+    tracker = timm_lap.get_tracker(model)
+    assert tracker is not None and tracker.blocks
+    base = timm.create_model(arch, num_classes=3)
+    sd, base_sd = model.state_dict(), base.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in base_sd.items()}
+    model.load_state_dict(base_sd)  # both ways, strict
+    base.load_state_dict(sd)
+    model.train()
+    out = model(torch.randn(2, 3, 32, 32))
+    (out.logsumexp(1).mean() + tracker.transport_cost()).backward()
+    assert len(tracker.per_block()) == len(tracker.blocks)
+    assert model.pretrained_cfg["architecture"] == name
+
+
+@pytest.mark.parametrize("arch", [a for a in DEFAULT_LAP_ARCHS if a not in HEAVY])
+def test_lap_models_build_run_and_match_base_state_dict(arch):
+    _check_lap_model(arch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(HEAVY))
+def test_heavy_lap_models(arch):
+    _check_lap_model(arch)
+
+
+def test_pretrained_configs_are_the_base_models():
+    listed = timm.list_models("*_lap", pretrained=True)
+    assert "resnet18_lap.a1_in1k" in listed and "resnet50_lap.a1_in1k" in listed
+    cfg = timm.models.get_pretrained_cfg("resnet18_lap.a1_in1k")
+    assert cfg.hf_hub_id == "timm/resnet18.a1_in1k"
+
+
+def test_loading_a_base_checkpoint_file_gives_identical_outputs(tmp_path):
+    base = timm.create_model("resnet18", num_classes=7)
+    path = tmp_path / "resnet18.pth"
+    torch.save(base.state_dict(), path)
+    overlay = dict(file=str(path), num_classes=7)  # the file's classifier has 7 classes: keep it
+    lap = timm.create_model("resnet18_lap", pretrained=True, num_classes=7, pretrained_cfg_overlay=overlay)
+    ref = timm.create_model("resnet18", pretrained=True, num_classes=7, pretrained_cfg_overlay=overlay)
+    torch.testing.assert_close(lap.fc.weight, base.fc.weight, rtol=0, atol=0)
+    lap.eval()
+    ref.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(lap(x), ref(x))
+
+
+def test_lap_kwargs_are_passed_to_the_tracker():
+    model = timm.create_model("resnet18_lap", lap_p=1.0, lap_blocks=["layer4.*"])
+    tracker = timm_lap.get_tracker(model)
+    assert tracker.p == 1.0 and tracker.blocks == ["layer4.0", "layer4.1"]
+
+
+def test_register_lap_model_for_another_arch():
+    name = timm_lap.register_lap_model("resnet26t")
+    assert name == "resnet26t_lap" and timm_lap.get_tracker(timm.create_model(name)) is not None
+    with pytest.raises(ValueError, match="not a timm model name"):
+        timm_lap.register_lap_model("no_such_net")
+
+
+def test_entry_points_declare_every_registered_default_model():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["timm.models"]
+    assert sorted(declared) == sorted(a + "_lap" for a in DEFAULT_LAP_ARCHS)
+    assert all(v == f"timm_lap.models:{k}" for k, v in declared.items())
+    installed = {ep.name for ep in importlib.metadata.entry_points(group="timm.models")}
+    assert set(declared) <= installed
+
+
+def _fresh_python(code, **env):
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd="/", env={**os.environ, **env}, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_autoload_registers_models_without_importing_timm_lap():
+    done = _fresh_python(
+        "import sys, timm; m = timm.create_model('resnet18_lap'); "
+        "import timm_lap; print(timm_lap.get_tracker(m) is not None)"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    off = _fresh_python("import timm; timm.create_model('resnet18_lap')", TIMM_LAP_AUTOLOAD="0")
+    assert off.returncode != 0 and "Unknown model" in off.stderr
+
+
+def test_autoload_is_cheap_and_imports_nothing_heavy():
+    done = _fresh_python(
+        "import sys, time; t = time.perf_counter(); import _timm_lap_autoload; "
+        "print(time.perf_counter() - t); print('torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    assert done.returncode == 0, done.stderr
+    elapsed, heavy = done.stdout.split("\n")[:2]
+    assert float(elapsed) < 0.005
+    assert heavy == "False False"
+    startup = _fresh_python("import sys; print('_timm_lap_autoload' in sys.modules, 'torch' in sys.modules)")
+    assert startup.stdout.strip() == "True False"  # the .pth hook ran at start-up and stayed light
