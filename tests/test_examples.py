@@ -1,0 +1,45 @@
+"""Smoke test of the examples: they run end to end and report sane numbers."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_lap_vs_vanilla_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("digits_lap_vs_vanilla")
+    out = tmp_path / "x.png"
+    results = example.main(["--quick", "--out", str(out)])
+
+    assert set(results) >= {"vanilla", "lap"}
+    for name in ("vanilla", "lap"):
+        row = results[name]
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["accuracy"] > 0.2, f"{name} is no better than chance: {row['accuracy']}"
+        assert math.isfinite(row["transport"]) and row["transport"] >= 0
+        assert math.isfinite(row["train_time"]) and row["train_time"] > 0
+    assert results["vanilla"]["lam"] is None
+    lam = results["lap"]["lam"]
+    assert math.isfinite(lam) and lam > 1.0  # lam0 = 1 grew by tau * task_loss every step
+    assert all(math.isfinite(v) and v >= 0 for v in results["lap"]["history"]["transport"])
+
+    assert out.is_file() and out.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "vanilla" in printed and "lap" in printed
+    assert str(out) in printed
