@@ -60,8 +60,10 @@ class MultiplierScheduler:
         self._inverse_lam = torch.full((), 1.0 / self.lambda0, dtype=torch.float32)
         self._pending_sum: torch.Tensor | None = None
         self._pending_count = 0
-        self._nonfinite = torch.zeros((), dtype=torch.bool)
+        # Sticky "a non-finite loss was seen" flag. On the CPU the tensor shares memory with the
+        # numpy array, so the host reads it without any tensor call.
         self._nonfinite_host = np.zeros((), dtype=bool)
+        self._nonfinite = torch.from_numpy(self._nonfinite_host)
         self._warned = False
         self._pinned_flag: torch.Tensor | None = None
         self._handle = optimizer.register_step_post_hook(self._after_optimizer_step)
@@ -161,7 +163,6 @@ class MultiplierScheduler:
         if self._warned:
             return
         if self._nonfinite.device.type == "cpu":
-            self._nonfinite_host[()] = self._nonfinite.numpy()
             seen = bool(self._nonfinite_host)
         else:
             seen = bool(self._nonfinite_host)  # result of the previous update's copy

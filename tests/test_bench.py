@@ -1,0 +1,133 @@
+"""Performance contracts: saved activations, no host-device sync, no graph breaks."""
+import traceback
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+import timm_lap
+from timm_lap.bench import NaiveLAP, saved_activation_bytes
+
+PACKAGE_DIR = str(Path(timm_lap.__file__).parent)
+HOST_READS = {"item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"}
+
+
+def _training_forward(model, lap_loss=None, naive=None, batch=16, size=64):
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    criterion = nn.CrossEntropyLoss()
+
+    def run():
+        out = model(x)
+        if lap_loss is not None:
+            return lap_loss(out, y)
+        task = criterion(out, y)
+        return naive.loss(task) if naive is not None else task
+
+    return run
+
+
+@pytest.mark.parametrize("name,limit", [("resnet18", 1.02), ("resnet50", 1.05)])
+def test_saved_activation_bytes_ratio(name, limit):
+    model = timm.create_model(name, num_classes=10).train()
+    vanilla = saved_activation_bytes(_training_forward(model))
+    naive_model = timm.create_model(name, num_classes=10).train()
+    naive = saved_activation_bytes(_training_forward(naive_model, naive=NaiveLAP(naive_model)))
+    lap = saved_activation_bytes(_training_forward(model, timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model)))
+    assert lap / vanilla <= limit
+    assert naive / vanilla > lap / vanilla  # the naive way really keeps more
+
+
+class _HostReadRecorder(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            frames = [f.filename for f in traceback.extract_stack()[:-1]]
+            self.calls.append((name, any(f.startswith(PACKAGE_DIR) for f in frames)))
+        return func(*args, **(kwargs or {}))
+
+
+def _one_training_step(model, criterion, optimizer, x, y):
+    loss = criterion(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_training_step_reads_nothing_back_to_the_host():
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    vanilla = timm.create_model("resnet18", num_classes=10)
+    opt = torch.optim.SGD(vanilla.parameters(), lr=0.01)
+    _one_training_step(vanilla, nn.CrossEntropyLoss(), opt, x, y)
+    with _HostReadRecorder() as rec_vanilla:
+        _one_training_step(vanilla, nn.CrossEntropyLoss(), opt, x, y)
+
+    model = timm.create_model("resnet18", num_classes=10)
+    criterion = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    timm_lap.MultiplierScheduler(opt, criterion, tau=1.0)
+    _one_training_step(model, criterion, opt, x, y)  # first step may place lam on the device
+    with _HostReadRecorder() as rec:
+        for _ in range(2):
+            _one_training_step(model, criterion, opt, x, y)
+    assert [c for c in rec.calls if c[1]] == []  # nothing from timm_lap
+    assert len(rec.calls) == 2 * len(rec_vanilla.calls)
+
+
+def test_the_recorder_sees_a_sync():
+    with _HostReadRecorder() as rec:
+        NaiveLAP(nn.Sequential()).loss(torch.tensor(1.0, requires_grad=True))
+    assert ("item", True) in rec.calls
+
+
+def test_tracking_adds_no_graph_break():
+    import torch._dynamo as dynamo
+
+    model = timm.create_model("resnet18", num_classes=10).train()
+    x = torch.randn(2, 3, 32, 32)
+    vanilla = dynamo.explain(model)(x)
+    tracker = timm_lap.track(model)
+    dynamo.reset()
+    tracked = dynamo.explain(lambda inp: (model(inp), tracker.transport_cost()))(x)
+    assert tracked.graph_break_count == vanilla.graph_break_count == 0
+    assert tracked.graph_count == vanilla.graph_count
+
+
+@pytest.mark.slow
+def test_compiled_matches_eager_loss_and_gradients():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=10).train()
+    criterion = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    # eval-free comparison: BatchNorm running stats change, the loss and gradients must not differ
+    loss = criterion(model(x), y)
+    loss.backward()
+    eager = (loss.detach(), criterion.transport, [p.grad.clone() for p in model.parameters()])
+    model.zero_grad()
+    compiled = torch.compile(model)
+    loss = criterion(compiled(x), y)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), eager[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(criterion.transport, eager[1], rtol=1e-5, atol=1e-5)
+    for g, ref in zip((p.grad for p in model.parameters()), eager[2]):
+        torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_cli_smoke(tmp_path, capsys):
+    from timm_lap.bench import main
+
+    out = tmp_path / "bench.json"
+    report = main(["--models", "resnet10t", "--repeats", "2", "--warmup", "1", "--batch-size", "4",
+                   "--img-size", "32", "--json", str(out)])
+    assert out.exists()
+    row = report["results"][0]
+    assert set(row["time_s"]) == {"vanilla", "timm_lap", "naive"}
+    assert row["saved_bytes_ratio"]["timm_lap"] < row["saved_bytes_ratio"]["naive"]
+    assert "timm_lap" in capsys.readouterr().out
