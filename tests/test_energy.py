@@ -57,3 +57,45 @@ def test_fused_saves_no_new_tensor():
         block_energy(out, sc)
     ptrs = {t.untyped_storage().data_ptr() for t in saved}
     assert ptrs <= {out.untyped_storage().data_ptr(), sc.untyped_storage().data_ptr()}
+
+
+_TRITON_SCRIPT = """
+import torch
+from timm_lap import _triton_energy as k
+from timm_lap.energy import reference_energy
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16):
+    for shape in [(3, 5), (2, 8, 9, 9), (5000,)]:
+        o, s = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+        if len(shape) == 4:
+            o, s = (t.contiguous(memory_format=torch.channels_last) for t in (o, s))
+        assert k.supports(o, s)
+        o2, s2 = o.clone().requires_grad_(), s.clone().requires_grad_()
+        ref = reference_energy(o2, s2)
+        (ref * 0.7).backward()
+        torch.testing.assert_close(k.squared_displacement_mean(o, s), ref.detach(), rtol=1e-5, atol=1e-6)
+        go, gs = k.squared_displacement_mean_backward(o, s, torch.tensor(0.7), True, True)
+        tol = dict(rtol=1e-5, atol=1e-7) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-5)
+        torch.testing.assert_close(go, o2.grad, **tol)
+        torch.testing.assert_close(gs, s2.grad, **tol)
+        assert go.stride() == o.stride()
+go, gs = k.squared_displacement_mean_backward(o, s, torch.tensor(1.0), False, True)
+assert go is None and gs.shape == s.shape
+assert not k.supports(torch.zeros(4, 4), torch.zeros(4, 4).t())
+print("ok")
+"""
+
+
+def test_fused_cuda_kernels_in_the_triton_interpreter():
+    """The Triton kernels used on CUDA, run on the CPU by Triton's interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    done = subprocess.run(
+        [sys.executable, "-c", _TRITON_SCRIPT], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from . import energy
 from .blocks import find_blocks
 from .loss import LeastActionLoss
 from .multiplier import MultiplierScheduler
@@ -34,7 +35,8 @@ from .tracker import track
 __all__ = ["saved_activation_bytes", "run_benchmark", "main"]
 
 DEFAULT_MODELS = ("resnet18", "resnet50", "convnext_atto", "vit_tiny_patch16_224")
-VARIANTS = ("vanilla", "timm_lap", "naive")
+VARIANTS = ("vanilla", "timm_lap", "timm_lap_torch", "naive")
+DEFAULT_VARIANTS = ("vanilla", "timm_lap", "naive")
 
 
 def saved_activation_bytes(step: Callable[[], object]) -> int:
@@ -95,12 +97,13 @@ def _build(name: str, variant: str, args: argparse.Namespace, device: torch.devi
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss()
-    if variant == "timm_lap":
+    lap = variant.startswith("timm_lap")
+    if lap:
         track(model)
     naive = NaiveLAP(model) if variant == "naive" else None
     runner = torch.compile(model) if args.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    lap_loss = LeastActionLoss(criterion, model) if variant == "timm_lap" else None
+    lap_loss = LeastActionLoss(criterion, model) if lap else None
     if lap_loss is not None:
         MultiplierScheduler(optimizer, lap_loss)
     g = torch.Generator().manual_seed(0)
@@ -121,10 +124,16 @@ def _build(name: str, variant: str, args: argparse.Namespace, device: torch.devi
             return naive.loss(task) if naive is not None else task
 
     def step() -> torch.Tensor:
-        loss = forward_loss()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # timm_lap_torch: the plain-PyTorch energy instead of the fused CUDA kernels
+        previous = energy.USE_TRITON
+        energy.USE_TRITON = previous and variant != "timm_lap_torch"
+        try:
+            loss = forward_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        finally:
+            energy.USE_TRITON = previous
         return loss
 
     v = Variant(variant, model, step)
@@ -211,7 +220,8 @@ def format_table(report: dict) -> str:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="timm-lap bench", description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS,
+                        help="timm_lap_torch: timm-lap without the fused CUDA kernels")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--img-size", type=int, default=64)

@@ -7,10 +7,41 @@ plain PyTorch, which is also the reference the tests compare against.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.autograd.function import once_differentiable
 
 __all__ = ["block_energy", "reference_energy"]
+
+
+# Eager CUDA uses the fused Triton kernels when available; TIMM_LAP_TRITON=0 (or setting this to
+# False) forces the plain-PyTorch path.
+USE_TRITON = os.environ.get("TIMM_LAP_TRITON", "1") != "0"
+
+
+def _load_triton():
+    try:
+        from . import _triton_energy
+    except Exception:  # Triton missing or unusable: the PyTorch path is always there
+        return None
+    return _triton_energy
+
+
+_triton = None
+_triton_loaded = False
+
+
+def _fused_kernels(out: torch.Tensor, shortcut: torch.Tensor):
+    """The Triton module if it applies to these tensors (eager, CUDA, dense, same strides), else None."""
+    global _triton, _triton_loaded
+    if not USE_TRITON or torch.compiler.is_compiling() or out.device.type != "cuda" or shortcut.device != out.device:
+        return None
+    if not _triton_loaded:
+        _triton, _triton_loaded = _load_triton(), True
+    if _triton is None or not _triton.supports(out, shortcut):
+        return None
+    return _triton
 
 
 def _displacement_f32(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -23,6 +54,9 @@ class _SquaredDisplacementMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(out, shortcut)
+        kernels = _fused_kernels(out, shortcut)
+        if kernels is not None:
+            return kernels.squared_displacement_mean(out, shortcut)
         d = _displacement_f32(out, shortcut)
         return d.square_().mean()  # d is our own temporary: square it in place
 
@@ -30,6 +64,11 @@ class _SquaredDisplacementMean(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         out, shortcut = ctx.saved_tensors
+        kernels = _fused_kernels(out, shortcut)
+        if kernels is not None:
+            return kernels.squared_displacement_mean_backward(
+                out, shortcut, grad.contiguous(), ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            )
         scale = grad * (2.0 / out.numel())
         g = _displacement_f32(out, shortcut).mul_(scale)
         grad_out = g.to(out.dtype) if ctx.needs_input_grad[0] else None
