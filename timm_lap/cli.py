@@ -1,9 +1,11 @@
-"""The ``timm-lap`` command: ``timm-lap bench ...``."""
+"""The ``timm-lap`` command: ``timm-lap train|demo|bench ...``."""
 from __future__ import annotations
 
 import sys
 
 COMMANDS = {
+    "train": ("timm_lap.train", "timm's train.py flags plus --lap (least-action training)"),
+    "demo": ("timm_lap.demo", "vanilla vs LAP on scikit-learn digits: table and plot (the main job)"),
     "bench": ("timm_lap.bench", "overhead benchmark: timm-lap vs vanilla vs a naive regulariser"),
 }
 
