@@ -1,0 +1,182 @@
+"""timm-lap train: timm's flags, --lap, outputs, resume, DDP, data errors; timm-lap demo."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from timm_lap.tracker import get_tracker
+from timm_lap.train import SUMMARY_COLUMNS, main, read_summary, train
+from timm_lap.train_args import parse_args
+
+DIGITS = ["--dataset", "sklearn/digits", "--model", "resnet10t", "--train-subset", "120", "-b", "32",
+          "--lr", "0.05", "--warmup-epochs", "0", "--workers", "0", "--device", "cpu", "--log-interval", "100"]
+
+
+def _run(tmp_path, name, *extra, stop_after=None):
+    args, text = parse_args([*DIGITS, "--output", str(tmp_path), "--experiment", name, *extra])
+    return train(args, text, stop_after_epochs=stop_after)
+
+
+def test_realistic_timm_command_line_keeps_timm_meaning():
+    args, _ = parse_args([
+        "--data-dir", "/data", "--dataset", "torch/cifar10", "--model", "resnet50", "-b", "64", "-vb", "128",
+        "--opt", "adamw", "--opt-betas", "0.9", "0.99", "--weight-decay", "0.05", "--sched", "step",
+        "--decay-milestones", "10", "20", "--lr-base", "0.2", "--warmup-epochs", "2", "--mixup", "0.2",
+        "--cutmix", "1.0", "--smoothing", "0.0", "--model-ema", "--model-ema-decay", "0.999", "--amp",
+        "--amp-dtype", "bfloat16", "--channels-last", "--grad-accum-steps", "2", "--model-kwargs", "zero_init_last=False",
+        "-j", "2", "--input-size", "3", "32", "32", "--mean", "0.5", "0.5", "0.5", "--drop-path", "0.1",
+    ])
+    assert (args.data_dir, args.batch_size, args.validation_batch_size) == ("/data", 64, 128)
+    assert args.opt_betas == [0.9, 0.99] and args.decay_milestones == [10, 20]
+    assert args.model_kwargs == {"zero_init_last": False} and args.input_size == [3, 32, 32]
+    assert args.workers == 2 and args.amp and args.amp_dtype == "bfloat16" and args.grad_accum_steps == 2
+    # timm train.py's defaults for what was not given
+    defaults, _ = parse_args([])
+    assert (defaults.model, defaults.batch_size, defaults.opt, defaults.momentum, defaults.weight_decay) == (
+        "resnet50", 128, "sgd", 0.9, 2e-5)
+    assert (defaults.sched, defaults.lr, defaults.lr_base, defaults.lr_base_size, defaults.warmup_lr) == (
+        "cosine", None, 0.1, 256, 1e-5)
+    assert (defaults.epochs, defaults.warmup_epochs, defaults.decay_milestones, defaults.smoothing) == (
+        300, 5, [90, 180, 270], 0.1)
+    assert (defaults.seed, defaults.log_interval, defaults.checkpoint_hist, defaults.workers) == (42, 50, 10, 4)
+    assert (defaults.model_ema_decay, defaults.eval_metric, defaults.train_split, defaults.val_split) == (
+        0.9998, "top1", "train", "validation")
+    assert (defaults.lap, defaults.lap_tau, defaults.lap_lambda0, defaults.lap_every, defaults.lap_p) == (
+        False, 1.0, 1.0, 1, 2.0)
+
+
+def test_config_file_sets_defaults(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("batch_size: 16\nlap: true\n")
+    args, _ = parse_args(["-c", str(cfg), "--epochs", "3"])
+    assert (args.batch_size, args.lap, args.epochs) == (16, True, 3)
+    cfg.write_text("no_such_flag: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["-c", str(cfg)])
+
+
+@pytest.mark.parametrize("flag", ["--sync-bn", "--layer-decay=0.7", "--torchscript"])
+def test_unsupported_timm_flag_is_rejected_by_name(flag, capsys):
+    with pytest.raises(SystemExit):
+        parse_args([flag])
+    err = capsys.readouterr().err
+    assert flag.split("=")[0] in err and "does not support" in err
+
+
+@pytest.mark.parametrize("flags,match", [(["--lap-tau", "-1"], "--lap-tau must be >= 0"),
+                                         (["--lap-every", "0"], "--lap-every must be >= 1"),
+                                         (["--train-subset", "0"], "--train-subset must be >= 1")])
+def test_bad_lap_flags(flags, match, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(flags)
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_epoch_lap_run_writes_every_output(tmp_path):
+    result = _run(tmp_path, "run", "--epochs", "2", "--lap", "--checkpoint-hist", "2")
+    out = Path(result["output_dir"])
+    for name in ("args.yaml", "summary.csv", "last.pth.tar", "model_best.pth.tar", "checkpoint-0.pth.tar",
+                 "checkpoint-1.pth.tar", "curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not list(out.glob("tmp*"))  # checkpoints were written atomically (temp file renamed)
+    rows = read_summary(out / "summary.csv")
+    assert list(rows[0]) == list(SUMMARY_COLUMNS) and len(rows) == 2
+    assert float(rows[1]["lap_lambda"]) > float(rows[0]["lap_lambda"]) > 1.0
+    assert float(rows[1]["transport"]) > 0
+    ckpt = torch.load(out / "last.pth.tar", map_location="cpu", weights_only=False)
+    assert ckpt["timm_lap"]["multiplier"]["lam"].item() == pytest.approx(result["lam"])
+    assert ckpt["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    flags = ("--epochs", "4", "--lap", "--lap-tau", "0.5")
+    full = _run(tmp_path / "a", "run", *flags)
+    part = _run(tmp_path / "b", "run", *flags, stop_after=2)
+    resumed = _run(tmp_path / "b", "run", *flags, "--resume", str(Path(part["output_dir"]) / "last.pth.tar"))
+    a = (Path(full["output_dir"]) / "summary.csv").read_text()
+    b = (Path(resumed["output_dir"]) / "summary.csv").read_text()
+    assert a == b
+    assert resumed["lam"] == full["lam"]
+
+
+@pytest.mark.slow
+def test_without_lap_training_is_plain_timm(tmp_path):
+    vanilla = _run(tmp_path, "vanilla", "--epochs", "1")
+    assert get_tracker(vanilla["model"]) is None
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in vanilla["model"].modules())
+    zero = _run(tmp_path, "zero", "--epochs", "1", "--lap", "--lap-weight", "0")
+    for key in ("train_loss", "eval_loss", "eval_top1"):
+        assert vanilla["rows"][0][key] == zero["rows"][0][key]  # the regulariser at weight 0 changes nothing
+
+
+@pytest.mark.slow
+def test_lap_model_name_implies_lap_and_works_with_amp_ema_accum_checkpointing(tmp_path):
+    result = _run(tmp_path, "all", "--model", "resnet10t_lap", "--epochs", "1", "--amp", "--amp-dtype", "bfloat16",
+                  "--model-ema", "--grad-accum-steps", "2", "--grad-checkpointing", "--channels-last",
+                  "--mixup", "0.2")
+    row = result["rows"][0]
+    assert row["lap_lambda"] > 1.0 and row["transport"] > 0
+    assert get_tracker(result["model"]) is not None
+
+
+@pytest.mark.slow
+def test_fashion_mnist_from_idx_files(tmp_path):
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (CI installs it)")
+    args, text = parse_args(["--dataset", "torch/fashion_mnist", "--model", "resnet10t", "--train-subset", "100",
+                             "-b", "50", "-vb", "500", "--epochs", "1", "--lr", "0.05", "--warmup-epochs", "0",
+                             "--workers", "0", "--device", "cpu", "--output", str(tmp_path), "--experiment", "f",
+                             "--lap", "--log-interval", "1000"])
+    result = train(args, text)
+    assert result["rows"][0]["eval_top1"] > 10.0  # above chance after one epoch on 100 images
+    assert len(result["loader_eval"].dataset) == 10000
+
+
+def test_missing_dataset_gives_the_documented_error(tmp_path, monkeypatch):
+    import timm_lap.data as data
+
+    monkeypatch.setattr(data, "DEBIAN_MNIST_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match=r"(?s)timm-lap train: .*" + re.escape(str(tmp_path)) + ".*--data-dir"):
+        main(["--dataset", "torch/mnist", "--data-dir", str(tmp_path), "--device", "cpu", "--output", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_hold_the_same_lam(tmp_path):
+    torchrun = shutil.which("torchrun")
+    cmd = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
+    done = subprocess.run(
+        [*cmd, "--standalone", "--nproc-per-node", "2", "-m", "timm_lap.train", *DIGITS, "--epochs", "1",
+         "--lap", "--output", str(tmp_path), "--experiment", "ddp"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lams = re.findall(r"rank (\d): final lam (\S+)", done.stdout + done.stderr)
+    assert sorted(r for r, _ in lams) == ["0", "1"]
+    assert lams[0][1] == lams[1][1]
+    assert (tmp_path / "ddp" / "summary.csv").is_file()
+
+
+@pytest.mark.slow
+def test_demo_quick_prints_both_rows(tmp_path, capsys):
+    from timm_lap.demo import main as demo
+
+    results = demo(["--quick", "--output", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert re.search(r"^vanilla\s+\d", out, re.M) and re.search(r"^lap\s+\d", out, re.M)
+    assert results["lap"]["lam"] > 1.0 and results["vanilla"]["lam"] is None
+    assert (tmp_path / "demo.png").is_file()
+
+
+def test_cli_dispatch(capsys):
+    from timm_lap.cli import main as cli
+
+    assert cli(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+    assert cli(["nope"]) == 2
