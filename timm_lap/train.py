@@ -429,7 +429,8 @@ def train(args: argparse.Namespace, args_text: str = "", stop_after_epochs: int 
         saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, model_ema=model_ema,
                                 amp_scaler=extra_state, checkpoint_dir=output_dir, recovery_dir=output_dir,
                                 decreasing=decreasing, max_history=args.checkpoint_hist)
-        if "saver" in checkpoint and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir):
+        same_dir = os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir)
+        if "saver" in checkpoint and same_dir and hasattr(saver, "load_state_dict"):  # timm >= 1.0.25
             saver.load_state_dict(checkpoint["saver"])  # keep ranking/evicting checkpoints as before
         with open(os.path.join(output_dir, "args.yaml"), "w") as f:
             f.write(args_text)
