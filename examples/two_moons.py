@@ -139,6 +139,8 @@ def draw_head_boundary(ax: Any, head: nn.Linear) -> None:
     """The linear head's decision line, which applies to the end points of the paths."""
     w = (head.weight[1] - head.weight[0]).detach().numpy()
     b = (head.bias[1] - head.bias[0]).item()
+    if not np.any(w):
+        return  # a constant head has no boundary
     x0, x1 = ax.get_xlim()
     y0, y1 = ax.get_ylim()
     if abs(w[1]) > abs(w[0]):
@@ -159,7 +161,10 @@ def square_limits(points: np.ndarray, margin: float = 0.05) -> tuple[np.ndarray,
     return centre - half, centre + half
 
 
-def plot(models: dict[str, PlaneResNet], results: dict[str, dict[str, Any]], data: Tensors, args: argparse.Namespace) -> None:
+def plot(
+    models: dict[str, PlaneResNet], results: dict[str, dict[str, Any]], data: Tensors, args: argparse.Namespace
+) -> None:
+    """Both runs' test-point paths side by side, on the same square axes."""
     x, y = data[0][: args.plot_points], data[1][: args.plot_points]
     paths = {name: trajectories(model, x)["positions"] for name, model in models.items()}
     low, high = square_limits(np.concatenate([p.reshape(-1, 2) for p in paths.values()]))
@@ -186,7 +191,10 @@ def plot(models: dict[str, PlaneResNet], results: dict[str, dict[str, Any]], dat
 
 # --------------------------------------------------------------------- report
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    header = f"{'method':<8} {'test acc':>9} {'transport':>10} {'W2^2':>8} {'efficiency':>11} {'final lam':>10} {'time (s)':>9}"
+    header = (
+        f"{'method':<8} {'test acc':>9} {'transport':>10} {'W2^2':>8} {'efficiency':>11} "
+        f"{'final lam':>10} {'time (s)':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in results.items():
@@ -200,6 +208,16 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train vanilla and LAP, print and plot; returns the numbers of both and the transport ratio."""
     args = parse_args(argv)
+    threads = torch.get_num_threads()
+    # Tensors this small gain nothing from threads, and spinning threads crawl on a busy CPU.
+    torch.set_num_threads(1)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     train_data = make_data(args.data, args.n_train, args.seed)
     test_data = make_data(args.data, args.n_test, args.seed + 1)
     print(
