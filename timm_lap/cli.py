@@ -1,4 +1,4 @@
-"""The ``timm-lap`` command: ``timm-lap train|demo|bench ...``."""
+"""The ``timm-lap`` command: ``timm-lap train|demo|analyze|bench ...``."""
 from __future__ import annotations
 
 import sys
@@ -6,6 +6,7 @@ import sys
 COMMANDS = {
     "train": ("timm_lap.train", "timm's train.py flags plus --lap (least-action training)"),
     "demo": ("timm_lap.demo", "vanilla vs LAP on scikit-learn digits: table and plot (the main job)"),
+    "analyze": ("timm_lap.analyze", "report a trained model's transport: energy profile, trajectories, efficiency"),
     "bench": ("timm_lap.bench", "overhead benchmark: timm-lap vs vanilla vs a naive regulariser"),
 }
 
