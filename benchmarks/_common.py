@@ -1,0 +1,261 @@
+"""Shared code for the low-data benchmarks: one training cell, resumable results files, statistics, plots.
+
+Every run goes through ``timm_lap.train.train`` (the project's training entry point). The only change made
+from here is that the per-epoch ``curves.png`` plot of ``train`` is switched off (``plot_curves`` is replaced
+by a no-op while the benchmark runs): it costs about a second per epoch on CPU and nothing is read from it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "Cell", "ResultsFile", "base_argv", "run_cell", "run_sweep", "t_interval", "paired_difference",
+    "spearman", "add_common_args", "default_out_dir", "format_ci",
+]
+
+Cell = dict[str, Any]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def default_out_dir(name: str) -> str:
+    """``benchmarks/results/<name>/``."""
+    return os.path.join(HERE, "results", name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean and two-sided Student-t confidence interval: {'n', 'mean', 'sd', 'half', 'lo', 'hi'}.
+
+    With a single value the half-width is NaN (no spread can be estimated).
+    """
+    x = np.asarray([float(v) for v in values], dtype=float)
+    if x.size == 0:
+        raise ValueError("t_interval: no values")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"t_interval: confidence must be in (0, 1), got {confidence}")
+    mean = float(x.mean())
+    if x.size < 2:
+        return {"n": 1, "mean": mean, "sd": math.nan, "half": math.nan, "lo": math.nan, "hi": math.nan}
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=x.size - 1) * sd / math.sqrt(x.size))
+    return {"n": int(x.size), "mean": mean, "sd": sd, "half": half, "lo": mean - half, "hi": mean + half}
+
+
+def paired_difference(a: dict[Any, float], b: dict[Any, float], confidence: float = 0.95) -> dict[str, float]:
+    """t interval of ``a[k] - b[k]`` over the keys (e.g. seeds) both have; pairs only, never unpaired values."""
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise ValueError("paired_difference: no common keys to pair")
+    return t_interval([a[k] - b[k] for k in keys], confidence)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Spearman's rank correlation and its two-sided p-value."""
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError(f"spearman: need two sequences of equal length >= 3, got {len(x)} and {len(y)}")
+    res = stats.spearmanr(x, y)
+    return {"n": len(x), "rho": float(res.statistic), "p": float(res.pvalue)}
+
+
+def format_ci(ci: dict[str, float], digits: int = 2) -> str:
+    """'mean ± half (n=k)' or 'mean (n=1)'."""
+    if ci["n"] < 2:
+        return f"{ci['mean']:.{digits}f} (n=1)"
+    return f"{ci['mean']:.{digits}f} ± {ci['half']:.{digits}f} (n={ci['n']})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resumable results file (JSON lines, one finished run per line)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ResultsFile:
+    """Append-only JSONL file of finished runs; a run is identified by the values of ``key_fields``."""
+
+    def __init__(self, path: str, key_fields: Sequence[str]) -> None:
+        if not key_fields:
+            raise ValueError("ResultsFile: key_fields must not be empty")
+        self.path = path
+        self.key_fields = tuple(key_fields)
+
+    def key(self, row: dict[str, Any]) -> tuple:
+        missing = [k for k in self.key_fields if k not in row]
+        if missing:
+            raise KeyError(f"ResultsFile: row lacks key field(s) {missing}")
+        return tuple(json.dumps(row[k], sort_keys=True) for k in self.key_fields)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows; a truncated last line (a run killed mid-write) is ignored."""
+        if not os.path.exists(self.path):
+            return []
+        out = []
+        with open(self.path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def done(self) -> set[tuple]:
+        return {self.key(r) for r in self.rows()}
+
+    def append(self, row: dict[str, Any]) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One training cell
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def base_argv(dataset: str, size: int, epochs: int, seed: int, output: str, experiment: str,
+              lr: float = 0.05, weight_decay: float = 5e-4) -> list[str]:
+    """The shared recipe (resnet10t, SGD + cosine, light crop augmentation) as ``timm-lap train`` arguments."""
+    return [
+        "--dataset", dataset, "--model", "resnet10t", "--train-subset", str(size), "--epochs", str(epochs),
+        "-b", "32", "--opt", "sgd", "--lr", str(lr), "--momentum", "0.9", "--weight-decay", str(weight_decay),
+        "--sched", "cosine", "--warmup-epochs", "0", "--smoothing", "0", "--scale", "0.7", "1.0", "--hflip", "0",
+        "--color-jitter", "0", "--workers", "0", "--device", "cpu", "--seed", str(seed), "--output", output,
+        "--experiment", experiment, "--log-interval", "1000", "--checkpoint-hist", "1",
+    ]
+
+
+def _quiet_train() -> Callable[..., dict[str, Any]]:
+    """``timm_lap.train.train`` with the per-epoch curve plot disabled and timm's info logs muted."""
+    import timm_lap.train as train_module
+
+    train_module.plot_curves = lambda *a, **k: None
+    for name in ("timm", "timm_lap", "timm_lap.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return train_module.train
+
+
+def run_cell(cell: Cell, extra: Sequence[str], workdir: str | None = None) -> dict[str, Any]:
+    """Train one cell and return its metrics; the run's output directory is deleted afterwards.
+
+    ``cell`` needs dataset, size, epochs, seed; optional lr, weight_decay. ``extra`` are further CLI flags
+    (``--lap`` ...). Returned: final test top-1 (%), test loss, held-out transport, final lam, seconds.
+    """
+    from timm_lap.demo import validation_transport
+    from timm_lap.train_args import parse_args
+
+    train = _quiet_train()
+    root = tempfile.mkdtemp(prefix="lapbench-", dir=workdir)
+    try:
+        argv = base_argv(cell["dataset"], cell["size"], cell["epochs"], cell["seed"], root, "run",
+                         lr=cell.get("lr", 0.05), weight_decay=cell.get("weight_decay", 5e-4)) + list(extra)
+        args, text = parse_args(argv)
+        start = time.perf_counter()
+        result = train(args, text)
+        seconds = time.perf_counter() - start
+        last = result["rows"][-1]
+        transport = validation_transport(result["model"], result["loader_eval"])
+        return {"test_top1": float(last["eval_top1"]), "test_loss": float(last["eval_loss"]),
+                "test_transport": float(transport), "train_task_loss": float(last["task_loss"]),
+                "lam": result["lam"], "seconds": round(seconds, 2), "argv": " ".join(extra)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_sweep(cells: Iterable[tuple[Cell, list[str]]], results: ResultsFile, desc: str,
+              stop_after_min: float | None = None, workdir: str | None = None) -> dict[str, int]:
+    """Run every (cell, extra flags) not yet in ``results``, appending each row as it finishes.
+
+    Stops launching new runs once ``stop_after_min`` minutes have passed (the sweep stays resumable).
+    Returns {'ran', 'skipped', 'left'}.
+    """
+    from tqdm import tqdm
+
+    todo = list(cells)
+    done = results.done()
+    pending = [(c, e) for c, e in todo if results.key(c) not in done]
+    counts = {"ran": 0, "skipped": len(todo) - len(pending), "left": 0}
+    start = time.monotonic()
+    bar = tqdm(total=len(todo), initial=counts["skipped"], desc=desc, unit="run")
+    for i, (cell, extra) in enumerate(pending):
+        if stop_after_min is not None and time.monotonic() - start >= 60.0 * stop_after_min:
+            counts["left"] = len(pending) - i
+            bar.write(f"{desc}: time limit ({stop_after_min} min) reached; {counts['left']} run(s) left, "
+                      "rerun the same command to resume")
+            break
+        row = dict(cell)
+        row.update(run_cell(cell, extra, workdir))
+        results.append(row)
+        counts["ran"] += 1
+        bar.set_postfix(top1=f"{row['test_top1']:.1f}", s=f"{row['seconds']:.0f}")
+        bar.update(1)
+    bar.close()
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
+    """--quick / --smoke / --results / --out-dir / --threads / --stop-after."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the preset that fits ~1 h on 2 CPU cores")
+    mode.add_argument("--smoke", action="store_true", help="one tiny cell end to end (CI)")
+    parser.add_argument("--out-dir", default=None, help=f"plots and summary (default benchmarks/results/{name}/)")
+    parser.add_argument("--results", default=None, help="JSONL results file (default <out-dir>/runs.jsonl)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--stop-after", type=float, default=None, metavar="MIN",
+                        help="stop launching new runs after MIN minutes (resume later)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild summary/plots from results")
+
+
+def resolve_paths(opts: argparse.Namespace, name: str) -> tuple[str, str]:
+    """(out_dir, results_path), creating out_dir."""
+    out_dir = opts.out_dir or default_out_dir(name)
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir, opts.results or os.path.join(out_dir, "runs.jsonl")
+
+
+def setup_torch(threads: int) -> None:
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def matplotlib_pyplot():
+    """pyplot with the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_text(path: str, text: str) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return path
