@@ -25,7 +25,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .blocks import BlockSpec, find_blocks, select_blocks
-from .tracker import get_tracker, track, unwrap_model
+from .tracker import _first_tensor, get_tracker, track, unwrap_model
 
 __all__ = [
     "draw_trajectories",
@@ -55,13 +55,6 @@ def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.
         return torch.device(device)
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            return value
-    return None
 
 
 def _flat64(t: torch.Tensor) -> torch.Tensor:

@@ -14,30 +14,16 @@ from typing import Any, Sequence
 
 import torch
 
-from .tracker import get_tracker, track
+from .analysis import energy_profile
 from .train import read_summary, train
 from .train_args import parse_args
 
 __all__ = ["main", "validation_transport"]
 
 
-@torch.no_grad()
 def validation_transport(model: torch.nn.Module, loader) -> float:
     """Mean transport cost of ``model`` over ``loader`` (eval mode, detached), the same way for any model."""
-    existing = get_tracker(model)
-    settings = dict(p=existing.p) if existing is not None else {}
-    if existing is not None:
-        existing.remove()
-    total, count = 0.0, 0
-    with track(model, track_eval=True, **settings) as tracker:
-        model.eval()
-        for x, _ in loader:
-            model(x)
-            total += tracker.transport_cost().item() * x.shape[0]
-            count += x.shape[0]
-    if existing is not None:
-        track(model, **settings)
-    return total / max(count, 1)
+    return sum(energy_profile(model, loader, progress=False).values())
 
 
 def _run(name: str, common: list[str], extra: list[str]) -> dict[str, Any]:
