@@ -182,7 +182,7 @@ class _Progress:
 
 
 def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, device, lr_scheduler=None, amp_autocast=nullcontext,
-                    loss_scaler=None, model_ema=None, mixup_fn=None, num_updates_total=0, primary=True):
+                    loss_scaler=None, model_ema=None, mixup_fn=None, primary=True):
     """One epoch; returns (metrics, num_updates). Metrics are means over the epoch (reduced over ranks)."""
     lap_loss = loss_fn if isinstance(loss_fn, LeastActionLoss) else None
     accum = args.grad_accum_steps
