@@ -227,7 +227,17 @@ def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--stop-after", type=float, default=None, metavar="MIN",
                         help="stop launching new runs after MIN minutes (resume later)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     parser.add_argument("--report-only", action="store_true", help="only rebuild summary/plots from results")
+
+
+def resolve_preset(opts: argparse.Namespace, presets: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """(preset name, preset) from --smoke/--quick (default: full), with --seeds applied."""
+    name = "smoke" if opts.smoke else "quick" if opts.quick else "full"
+    preset = dict(presets[name])
+    if opts.seeds:
+        preset["seeds"] = list(opts.seeds)
+    return name, preset
 
 
 def resolve_paths(opts: argparse.Namespace, name: str) -> tuple[str, str]:

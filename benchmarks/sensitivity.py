@@ -109,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     C.add_common_args(parser, NAME)
     opts = parser.parse_args(argv)
-    preset_name = "smoke" if opts.smoke else "quick" if opts.quick else "full"
-    preset = PRESETS[preset_name]
+    preset_name, preset = C.resolve_preset(opts, PRESETS)
     out_dir, results_path = C.resolve_paths(opts, NAME)
     results = C.ResultsFile(results_path, KEY_FIELDS)
     counts = {"ran": 0, "skipped": 0, "left": 0}
