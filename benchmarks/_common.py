@@ -1,12 +1,13 @@
 """Shared code for the low-data benchmarks: one training cell, resumable results files, statistics, plots.
 
 Every run goes through ``timm_lap.train.train`` (the project's training entry point). The only change made
-from here is that the per-epoch ``curves.png`` plot of ``train`` is switched off (``plot_curves`` is replaced
-by a no-op while the benchmark runs): it costs about a second per epoch on CPU and nothing is read from it.
+here is that the per-epoch ``curves.png`` plot of ``train`` is switched off (``train(..., plot=False)``): it
+costs about a second per epoch on CPU and nothing is read from it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import stats
@@ -144,14 +145,18 @@ def base_argv(dataset: str, size: int, epochs: int, seed: int, output: str, expe
     ]
 
 
-def _quiet_train() -> Callable[..., dict[str, Any]]:
-    """``timm_lap.train.train`` with the per-epoch curve plot disabled and timm's info logs muted."""
-    import timm_lap.train as train_module
-
-    train_module.plot_curves = lambda *a, **k: None
-    for name in ("timm", "timm_lap", "timm_lap.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return train_module.train
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Mute timm's and timm-lap's info logs for the duration of a run, then restore their levels."""
+    loggers = [logging.getLogger(name) for name in ("timm", "timm_lap", "timm_lap.train")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def run_cell(cell: Cell, extra: Sequence[str], workdir: str | None = None) -> dict[str, Any]:
@@ -161,16 +166,17 @@ def run_cell(cell: Cell, extra: Sequence[str], workdir: str | None = None) -> di
     (``--lap`` ...). Returned: final test top-1 (%), test loss, held-out transport, final lam, seconds.
     """
     from timm_lap.demo import validation_transport
+    from timm_lap.train import train
     from timm_lap.train_args import parse_args
 
-    train = _quiet_train()
     root = tempfile.mkdtemp(prefix="lapbench-", dir=workdir)
     try:
         argv = base_argv(cell["dataset"], cell["size"], cell["epochs"], cell["seed"], root, "run",
                          lr=cell.get("lr", 0.05), weight_decay=cell.get("weight_decay", 5e-4)) + list(extra)
         args, text = parse_args(argv)
         start = time.perf_counter()
-        result = train(args, text)
+        with _quiet_logs():
+            result = train(args, text, plot=False)
         seconds = time.perf_counter() - start
         last = result["rows"][-1]
         transport = validation_transport(result["model"], result["loader_eval"])

@@ -314,10 +314,13 @@ def plot_curves(summary_path: str, out_path: str) -> str | None:
     return out_path
 
 
-def train(args: argparse.Namespace, args_text: str = "", stop_after_epochs: int | None = None) -> dict[str, Any]:
-    """Run training; returns {'output_dir', 'best_metric', 'best_epoch', 'rows', 'lam'}.
+def train(
+    args: argparse.Namespace, args_text: str = "", stop_after_epochs: int | None = None, plot: bool = True
+) -> dict[str, Any]:
+    """Run training; returns {'output_dir', 'best_metric', 'best_epoch', 'rows', 'lam', 'model', 'loader_eval'}.
 
-    ``stop_after_epochs`` ends this process after that many epochs (as if interrupted), leaving a resumable run.
+    ``stop_after_epochs`` ends this process after that many epochs (as if interrupted), leaving a resumable run;
+    ``plot=False`` skips the per-epoch ``curves.png`` (about a second per epoch on a CPU).
     """
     _resolve_device(args)
     if args.model.endswith(LAP_SUFFIX):
@@ -467,7 +470,8 @@ def train(args: argparse.Namespace, args_text: str = "", stop_after_epochs: int 
             eval_metrics else eval_metrics["top1"]
         if primary:
             _write_summary(summary_path, row, write_header=(epoch == 0 or not os.path.exists(summary_path)))
-            plot_curves(summary_path, os.path.join(output_dir, "curves.png"))
+            if plot:
+                plot_curves(summary_path, os.path.join(output_dir, "curves.png"))
             best_metric, best_epoch = saver.save_checkpoint(epoch, metric=metric)
             lam = f", lam {row['lap_lambda']:.4g}, transport {row['transport']:.4g}" if args.lap else ""
             _logger.info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, eval loss {row['eval_loss']:.4f}, "
