@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import stats
@@ -275,3 +275,28 @@ def write_text(path: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def write_report(out_dir: str, markdown: str, summary: Any, plot: Callable[[str], str] | None,
+                 plot_name: str) -> dict[str, str]:
+    """Write summary.md, summary.json and (when ``plot`` is given) the plot; returns their paths."""
+    files = {"summary_md": write_text(os.path.join(out_dir, "summary.md"), markdown),
+             "summary_json": write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1))}
+    if plot is not None:
+        files["plot"] = plot(os.path.join(out_dir, plot_name))
+    return files
+
+
+def sweep_and_report(opts: argparse.Namespace, name: str, presets: dict[str, dict[str, Any]], key_fields: Sequence[str],
+                     cells_for: Callable[[dict[str, Any]], list], report: Callable[..., dict[str, str]]) -> dict[str, Any]:
+    """What every benchmark's ``main`` does: pick the preset, run the resumable sweep, write and print the report."""
+    preset_name, preset = resolve_preset(opts, presets)
+    out_dir, results_path = resolve_paths(opts, name)
+    results = ResultsFile(results_path, key_fields)
+    counts = {"ran": 0, "skipped": 0, "left": 0}
+    if not opts.report_only:
+        setup_torch(opts.threads)
+        counts = run_sweep(cells_for(preset), results, f"{name} ({preset_name})", opts.stop_after)
+    files = report(results.rows(), out_dir, preset_name, preset)
+    print(open(files["summary_md"]).read())
+    return {"counts": counts, "files": files, "results": results_path}

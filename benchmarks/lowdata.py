@@ -10,7 +10,6 @@ The fixed weight W is a preset constant (0.1), not tuned on the test set.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -122,12 +121,8 @@ def plot(summary: list[dict[str, Any]], path: str) -> str:
 def report(rows: list[dict[str, Any]], out_dir: str, preset_name: str, preset: dict[str, Any]) -> dict[str, str]:
     """Write summary.md, summary.json and accuracy_vs_size.png."""
     summary = summarise(rows)
-    files = {"summary_md": C.write_text(os.path.join(out_dir, "summary.md"),
-                                        summary_markdown(summary, preset_name, preset)),
-             "summary_json": C.write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1))}
-    if summary:
-        files["plot"] = plot(summary, os.path.join(out_dir, "accuracy_vs_size.png"))
-    return files
+    return C.write_report(out_dir, summary_markdown(summary, preset_name, preset), summary,
+                          (lambda path: plot(summary, path)) if summary else None, "accuracy_vs_size.png")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -136,17 +131,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=None,
                         help="restrict to these datasets (default: all of the preset)")
     opts = parser.parse_args(argv)
-    preset_name, preset = C.resolve_preset(opts, PRESETS)
-    datasets = opts.datasets or list(preset["sizes"])
-    out_dir, results_path = C.resolve_paths(opts, NAME)
-    results = C.ResultsFile(results_path, KEY_FIELDS)
-    counts = {"ran": 0, "skipped": 0, "left": 0}
-    if not opts.report_only:
-        C.setup_torch(opts.threads)
-        counts = C.run_sweep(build_cells(preset, datasets), results, f"{NAME} ({preset_name})", opts.stop_after)
-    files = report(results.rows(), out_dir, preset_name, preset)
-    print(open(files["summary_md"]).read())
-    return {"counts": counts, "files": files, "results": results_path}
+    return C.sweep_and_report(opts, NAME, PRESETS, KEY_FIELDS,
+                              lambda preset: build_cells(preset, opts.datasets or list(preset["sizes"])), report)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Every (tau, lambda0) setting and a vanilla reference use the same seeds and data
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -97,28 +96,15 @@ def plot(summary: list[dict[str, Any]], path: str) -> str:
 
 def report(rows: list[dict[str, Any]], out_dir: str, preset_name: str, preset: dict[str, Any]) -> dict[str, str]:
     summary = summarise(rows)
-    files = {"summary_md": C.write_text(os.path.join(out_dir, "summary.md"),
-                                        summary_markdown(summary, preset_name, preset)),
-             "summary_json": C.write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1))}
-    if summary:
-        files["plot"] = plot(summary, os.path.join(out_dir, "sensitivity.png"))
-    return files
+    return C.write_report(out_dir, summary_markdown(summary, preset_name, preset), summary,
+                          (lambda path: plot(summary, path)) if summary else None, "sensitivity.png")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     C.add_common_args(parser, NAME)
     opts = parser.parse_args(argv)
-    preset_name, preset = C.resolve_preset(opts, PRESETS)
-    out_dir, results_path = C.resolve_paths(opts, NAME)
-    results = C.ResultsFile(results_path, KEY_FIELDS)
-    counts = {"ran": 0, "skipped": 0, "left": 0}
-    if not opts.report_only:
-        C.setup_torch(opts.threads)
-        counts = C.run_sweep(build_cells(preset), results, f"{NAME} ({preset_name})", opts.stop_after)
-    files = report(results.rows(), out_dir, preset_name, preset)
-    print(open(files["summary_md"]).read())
-    return {"counts": counts, "files": files, "results": results_path}
+    return C.sweep_and_report(opts, NAME, PRESETS, KEY_FIELDS, build_cells, report)
 
 
 if __name__ == "__main__":
