@@ -271,6 +271,14 @@ def matplotlib_pyplot():
     return plt
 
 
+def save_figure(fig: Any, path: str) -> str:
+    """Lay out, write (110 dpi) and close a pyplot figure; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    matplotlib_pyplot().close(fig)
+    return path
+
+
 def write_text(path: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text)

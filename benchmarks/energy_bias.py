@@ -90,10 +90,7 @@ def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: str) -> str:
         ax.set_title(f"Spearman rho={sp['rho']:.2f}, p={sp['p']:.2g}, n={sp['n']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return C.save_figure(fig, path)
 
 
 def report(rows: list[dict[str, Any]], out_dir: str, preset_name: str, preset: dict[str, Any]) -> dict[str, str]:

@@ -88,10 +88,7 @@ def plot(summary: list[dict[str, Any]], path: str) -> str:
         ax.set_xticks(range(len(ys)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return C.save_figure(fig, path)
 
 
 def report(rows: list[dict[str, Any]], out_dir: str, preset_name: str, preset: dict[str, Any]) -> dict[str, str]:

@@ -90,9 +90,13 @@ class Variant:
     times: list[float] = field(default_factory=list)
 
 
+def _model_kwargs(name: str, args: argparse.Namespace) -> dict:
+    # Transformers need the benchmark's image size at construction; CNNs take any size.
+    return {"img_size": args.img_size} if "vit" in name or "swin" in name else {}
+
+
 def _build(name: str, variant: str, args: argparse.Namespace, device: torch.device, state: dict) -> Variant:
-    kwargs = {"img_size": args.img_size} if "vit" in name or "swin" in name else {}
-    model = timm.create_model(name, num_classes=args.num_classes, **kwargs)
+    model = timm.create_model(name, num_classes=args.num_classes, **_model_kwargs(name, args))
     model.load_state_dict(state)
     model.to(device).train()
     if args.channels_last:
@@ -146,8 +150,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    kwargs = {"img_size": args.img_size} if "vit" in name or "swin" in name else {}
-    state = timm.create_model(name, num_classes=args.num_classes, **kwargs).state_dict()
+    state = timm.create_model(name, num_classes=args.num_classes, **_model_kwargs(name, args)).state_dict()
     variants = [_build(name, v, args, device, state) for v in args.variants]
     result: dict = {"model": name}
     if not args.compile:
