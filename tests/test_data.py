@@ -22,6 +22,8 @@ from timm_lap.data import (
     create_lap_dataset,
     dataset_num_classes,
     dataset_targets,
+    holdout_split,
+    index_subset,
     read_idx,
 )
 
@@ -324,6 +326,45 @@ def test_balanced_subset_property(labels, frac, seed):
         assert max(per_class.values()) <= min(open_counts) + 1
     if min(available.values()) >= -(-n // num_classes):
         assert max(per_class.values()) - min(per_class.values()) <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# holdout_split (--val-from-train)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_holdout_split_fraction_and_count(ten_classes):
+    kept, held = holdout_split(ten_classes, 0.2, seed=0)
+    assert len(held) == 87 and len(kept) == 435 - 87  # round(0.2 * 435)
+    assert sorted(kept + held) == list(range(435))
+    per_class, available = counts([ten_classes.targets[i] for i in held]), counts(ten_classes.targets)
+    assert all(abs(per_class[c] - 0.2 * available[c]) < 1 for c in available)  # stratified
+    _, held40 = holdout_split(ten_classes, 40, seed=0)
+    per_class = counts([ten_classes.targets[i] for i in held40])
+    assert len(held40) == 40 and all(abs(per_class[c] - 40 / 435 * available[c]) < 1 for c in available)
+
+
+def test_holdout_split_is_seeded_and_independent_of_subset_stream(ten_classes):
+    assert holdout_split(ten_classes, 0.3, seed=1) == holdout_split(ten_classes, 0.3, seed=1)
+    assert holdout_split(ten_classes, 0.3, seed=1) != holdout_split(ten_classes, 0.3, seed=2)
+
+
+def test_holdout_split_keeps_a_sample_of_every_class():
+    ds = LabelsOnly([0] * 2 + [1] * 50)
+    kept, held = holdout_split(ds, 0.9, seed=0)
+    assert counts([ds.targets[i] for i in kept])[0] >= 1 and len(held) == round(0.9 * 52)
+
+
+@pytest.mark.parametrize("size,match", [(0, "fraction in \\(0, 1\\) or a count"), (2.5, "neither a fraction"),
+                                        (434, "at least one sample of each")])
+def test_holdout_split_errors(ten_classes, size, match):
+    with pytest.raises(ValueError, match=match):
+        holdout_split(ten_classes, size)
+
+
+def test_index_subset_keeps_targets(ten_classes):
+    sub = index_subset(ten_classes, [3, 1, 4])
+    assert sub.targets == [ten_classes.targets[i] for i in (3, 1, 4)] and len(sub) == 3
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """timm-lap train: timm's flags, --lap, outputs, resume, DDP, data errors; timm-lap demo."""
+import math
 import os
 import re
 import shutil
@@ -104,6 +105,30 @@ def test_resume_continues_exactly(tmp_path):
     b = (Path(resumed["output_dir"]) / "summary.csv").read_text()
     assert a == b
     assert resumed["lam"] == full["lam"]
+
+
+@pytest.mark.slow
+def test_val_from_train_and_eval_interval(tmp_path):
+    result = _run(tmp_path, "carved", "--epochs", "3", "--val-from-train", "0.2", "--eval-interval", "2")
+    n_eval = len(result["loader_eval"].dataset)
+    assert n_eval == round(0.2 * 1347)  # a fifth of the digits training split, not the 450-image held-out split
+    rows = result["rows"]
+    assert math.isnan(rows[0]["eval_top1"]) and not math.isnan(rows[1]["eval_top1"])
+    assert not math.isnan(rows[2]["eval_top1"])  # the last epoch is always evaluated
+    out = Path(result["output_dir"])
+    assert (out / "recovery-0-0.pth.tar").is_file() and (out / "checkpoint-1.pth.tar").is_file()
+    eval_indices = set(result["loader_eval"].dataset.indices)
+    train_ds = result["loader_train"].dataset  # the --train-subset drawn from what was kept
+    train_indices = {train_ds.dataset.indices[i] for i in train_ds.indices}
+    assert len(train_ds) == 120 and not train_indices & eval_indices
+
+
+@pytest.mark.parametrize("flags,match", [(["--eval-interval", "0"], "--eval-interval must be >= 1"),
+                                         (["--val-from-train", "1.5"], "--val-from-train must be a fraction")])
+def test_bad_eval_flags(flags, match, capsys):
+    with pytest.raises(SystemExit):
+        parse_args([*DIGITS, *flags])
+    assert match in capsys.readouterr().err
 
 
 @pytest.mark.slow

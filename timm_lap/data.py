@@ -35,6 +35,8 @@ __all__ = [
     "create_lap_dataset",
     "dataset_num_classes",
     "dataset_targets",
+    "holdout_split",
+    "index_subset",
     "load_digits_dataset",
     "load_idx_dataset",
     "read_idx",
@@ -464,3 +466,46 @@ def class_balanced_subset(dataset: Dataset, n: int, seed: int = 0) -> BalancedSu
     ]
     indices = np.sort(np.concatenate(chosen))
     return BalancedSubset(dataset, indices.tolist(), targets[indices].tolist())
+
+
+def holdout_split(dataset: Dataset, size: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Seeded, class-stratified split of ``dataset`` into (kept indices, held-out indices).
+
+    ``size`` is the held-out share: a fraction in (0, 1) or a count >= 1. Each class gives its
+    proportional share (largest remainders, ties broken by ``seed``) and keeps at least one sample.
+    """
+    targets = np.asarray(dataset_targets(dataset), dtype=np.int64)
+    total = len(targets)
+    if not (isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0):
+        raise ValueError(f"held-out size must be a fraction in (0, 1) or a count >= 1, got {size!r}")
+    if size < 1:
+        n_out = int(round(size * total))
+    elif float(size).is_integer():
+        n_out = int(size)
+    else:
+        raise ValueError(f"held-out size {size} is neither a fraction in (0, 1) nor a whole count")
+    labels, per_class = np.unique(targets, return_counts=True)
+    if not 1 <= n_out <= total - len(labels):
+        raise ValueError(
+            f"held-out size {size} gives {n_out} of {total} samples; it must leave at least one sample of each of "
+            f"the {len(labels)} classes for training and hold out at least one"
+        )
+    rng = np.random.default_rng([seed, 7919])  # a stream of its own, independent of class_balanced_subset's
+    exact = per_class * (n_out / total)
+    quotas = np.minimum(np.floor(exact).astype(np.int64), per_class - 1)
+    order = np.lexsort((rng.random(len(labels)), -(exact - quotas)))  # largest remainder first, seeded ties
+    while quotas.sum() < n_out:  # a second round only when some classes are too small to take their share
+        for i in order:
+            if quotas.sum() < n_out and quotas[i] < per_class[i] - 1:
+                quotas[i] += 1
+    held = np.concatenate([rng.choice(np.flatnonzero(targets == label), size=int(q), replace=False)
+                           for label, q in zip(labels, quotas)])
+    held_set = set(held.tolist())
+    kept = [i for i in range(total) if i not in held_set]
+    return kept, sorted(held_set)
+
+
+def index_subset(dataset: Dataset, indices: Sequence[int]) -> BalancedSubset:
+    """``dataset`` restricted to ``indices``, keeping targets and transform forwarding."""
+    targets = dataset_targets(dataset)
+    return BalancedSubset(dataset, indices, [targets[i] for i in indices])

@@ -39,7 +39,7 @@ from timm.utils import (
 )
 from tqdm.auto import tqdm
 
-from .data import class_balanced_subset, create_lap_dataset, dataset_num_classes
+from .data import class_balanced_subset, create_lap_dataset, dataset_num_classes, holdout_split, index_subset
 from .loss import LeastActionLoss
 from .models import LAP_SUFFIX
 from .multiplier import MultiplierScheduler
@@ -112,7 +112,13 @@ def _build_datasets(args: argparse.Namespace):
     common = dict(root=args.data_dir or "", download=args.dataset_download, batch_size=args.batch_size,
                   seed=args.seed)
     train_set = create_lap_dataset(args.dataset, split=args.train_split, is_training=True, **common)
-    eval_set = create_lap_dataset(args.dataset, split=args.val_split, is_training=False, **common)
+    if args.val_from_train is None:
+        eval_set = create_lap_dataset(args.dataset, split=args.val_split, is_training=False, **common)
+    else:
+        # A second instance of the training split, so the held-out part gets the eval transform.
+        train_as_eval = create_lap_dataset(args.dataset, split=args.train_split, is_training=False, **common)
+        kept, held = holdout_split(train_set, args.val_from_train, seed=args.seed)
+        train_set, eval_set = index_subset(train_set, kept), index_subset(train_as_eval, held)
     if args.train_subset is not None:
         train_set = class_balanced_subset(train_set, args.train_subset, seed=args.seed)
     return train_set, eval_set
@@ -317,7 +323,7 @@ def plot_curves(summary_path: str, out_path: str) -> str | None:
 def train(
     args: argparse.Namespace, args_text: str = "", stop_after_epochs: int | None = None, plot: bool = True
 ) -> dict[str, Any]:
-    """Run training; returns {'output_dir', 'best_metric', 'best_epoch', 'rows', 'lam', 'model', 'loader_eval'}.
+    """Run training; returns {'output_dir', 'best_metric', 'best_epoch', 'rows', 'lam', 'model', 'loader_train', 'loader_eval'}.
 
     ``stop_after_epochs`` ends this process after that many epochs (as if interrupted), leaving a resumable run;
     ``plot=False`` skips the per-epoch ``curves.png`` (about a second per epoch on a CPU).
@@ -456,10 +462,13 @@ def train(
             epoch, train_model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler=lr_scheduler,
             amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_ema=model_ema, mixup_fn=mixup_fn,
             primary=primary)
-        eval_metrics = validate(model, loader_eval, eval_loss_fn, args, device, amp_autocast, primary)
-        if model_ema is not None:
-            eval_metrics = validate(model_ema, loader_eval, eval_loss_fn, args, device, amp_autocast, primary,
-                                    desc="eval (EMA)")
+        evaluate = (epoch + 1) % args.eval_interval == 0 or epoch + 1 == num_epochs
+        eval_metrics = OrderedDict((k, math.nan) for k in ("loss", "top1", "top5"))
+        if evaluate:
+            eval_metrics = validate(model, loader_eval, eval_loss_fn, args, device, amp_autocast, primary)
+            if model_ema is not None:
+                eval_metrics = validate(model_ema, loader_eval, eval_loss_fn, args, device, amp_autocast, primary,
+                                        desc="eval (EMA)")
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "train_loss": train_metrics["loss"], "eval_loss": eval_metrics["loss"],
                "eval_top1": eval_metrics["top1"], "eval_top5": eval_metrics["top5"], "lr": lr,
@@ -472,11 +481,15 @@ def train(
             _write_summary(summary_path, row, write_header=(epoch == 0 or not os.path.exists(summary_path)))
             if plot:
                 plot_curves(summary_path, os.path.join(output_dir, "curves.png"))
-            best_metric, best_epoch = saver.save_checkpoint(epoch, metric=metric)
+            if evaluate:
+                best_metric, best_epoch = saver.save_checkpoint(epoch, metric=metric)
+            else:  # no metric to rank by: a recovery checkpoint keeps the run resumable
+                saver.save_recovery(epoch)
             lam = f", lam {row['lap_lambda']:.4g}, transport {row['transport']:.4g}" if args.lap else ""
-            _logger.info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, eval loss {row['eval_loss']:.4f}, "
-                         f"top1 {row['eval_top1']:.2f}{lam}")
-        lr_scheduler.step(epoch + 1, metric)
+            evaluated = f"eval loss {row['eval_loss']:.4f}, top1 {row['eval_top1']:.2f}" if evaluate else \
+                f"not evaluated (--eval-interval {args.eval_interval})"
+            _logger.info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, {evaluated}{lam}")
+        lr_scheduler.step(epoch + 1, metric if evaluate else None)
         epochs_run += 1
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
@@ -487,7 +500,7 @@ def train(
         torch.distributed.barrier()
     return {"output_dir": output_dir, "best_metric": best_metric, "best_epoch": best_epoch, "rows": rows,
             "lam": None if multiplier is None else multiplier.lam.item(), "num_epochs": num_epochs,
-            "model": model, "loader_eval": loader_eval}
+            "model": model, "loader_train": loader_train, "loader_eval": loader_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset-download", action="store_true", default=False)
     g.add_argument("--train-subset", type=int, default=None, metavar="N",
                    help="train on a class-balanced, seeded subset of N samples (low-data regime)")
+    g.add_argument("--val-from-train", type=float, default=None, metavar="SIZE",
+                   help="validate on a seeded, class-stratified part of the training split (a fraction in (0, 1) "
+                        "or a count) held out before --train-subset draws; --val-split is then not used. For "
+                        "choosing hyperparameters without touching the test set")
 
     g = p.add_argument_group("Model")
     g.add_argument("--model", default="resnet50", metavar="MODEL", help="timm model name ('resnet18_lap' implies --lap)")
@@ -145,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default="", type=str, metavar="PATH", help="default: ./output/train")
     g.add_argument("--experiment", default="", type=str, metavar="NAME")
     g.add_argument("--eval-metric", default="top1", type=str, metavar="EVAL_METRIC")
+    g.add_argument("--eval-interval", type=int, default=1, metavar="N",
+                   help="evaluate every N epochs and after the last one (timm-lap; other epochs write only a "
+                        "recovery checkpoint)")
 
     g = p.add_argument_group("Least-action training (timm-lap)")
     g.add_argument("--lap", action="store_true", default=False, help="train with the transport penalty")
@@ -190,6 +197,11 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--grad-accum-steps must be >= 1, got {args.grad_accum_steps}")
     if args.train_subset is not None and args.train_subset < 1:
         parser.error(f"--train-subset must be >= 1, got {args.train_subset}")
+    if args.eval_interval < 1:
+        parser.error(f"--eval-interval must be >= 1, got {args.eval_interval}")
+    if args.val_from_train is not None and not (
+            0 < args.val_from_train < 1 or (args.val_from_train >= 1 and args.val_from_train.is_integer())):
+        parser.error(f"--val-from-train must be a fraction in (0, 1) or a whole count >= 1, got {args.val_from_train}")
     if args.lap_tau < 0:
         parser.error(f"--lap-tau must be >= 0, got {args.lap_tau}")
     if args.lap_every < 1:
