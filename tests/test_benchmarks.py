@@ -116,9 +116,29 @@ def _smoke(name: str, tmp_path, expected_runs: int, fields: tuple[str, ...], plo
 @pytest.mark.slow
 def test_lowdata_smoke_and_resume(tmp_path):
     _smoke("lowdata", tmp_path, 3, ("dataset", "size", "method", "seed", "epochs"), "accuracy_vs_size.png")
-    summary = json.loads((tmp_path / "lowdata" / "summary.json").read_text())
+    out = tmp_path / "lowdata"
+    summary = json.loads((out / "summary.json").read_text())
     assert {e["method"] for e in summary} == {"vanilla", "lap", "fixed"}
     assert all("diff_vs_vanilla" in e for e in summary if e["method"] != "vanilla")
+    # W was chosen on a part of the training split (269 of digits' 1347 images), never on the 450 test images.
+    selection = [json.loads(line) for line in open(out / "selection.jsonl")]
+    assert sorted(r["weight"] for r in selection) == [0.1, 1.0]
+    assert {r["eval_images"] for r in selection} == {269}
+    module = _load("lowdata")
+    best = module.choose_weights(module.selection_table(selection))[("sklearn/digits", 100)]
+    tests = [json.loads(line) for line in open(out / "runs.jsonl")]
+    assert {r["eval_images"] for r in tests} == {450}
+    assert [r["weight"] for r in tests if r["method"] == "fixed"] == [best]
+    assert "chosen W" in (out / "summary.md").read_text()
+
+
+def test_weight_choice_prefers_accuracy_then_smaller_weight():
+    module = _load("lowdata")
+    rows = [{"dataset": "d", "size": 100, "weight": w, "test_top1": acc}
+            for w, acc in [(0.01, 80.0), (0.1, 85.0), (1.0, 85.0), (0.1, 87.0), (1.0, 83.0)]]
+    table = module.selection_table(rows)
+    assert table[("d", 100)] == {0.01: 80.0, 0.1: 86.0, 1.0: 84.0}
+    assert module.choose_weights({("d", 1): {0.1: 50.0, 1.0: 50.0}}) == {("d", 1): 0.1}
 
 
 @pytest.mark.slow
@@ -138,4 +158,6 @@ def test_stop_after_leaves_sweep_resumable(tmp_path):
     """A zero-minute limit launches nothing and reports every run as left."""
     module = _load("lowdata")
     res = module.main(["--smoke", "--out-dir", str(tmp_path), "--stop-after", "0"])
-    assert res["counts"]["ran"] == 0 and res["counts"]["left"] == 3
+    # the W selection launched nothing, so the fixed-weight run is not even planned yet: vanilla and LAP are left
+    assert res["counts"]["ran"] == 0 and res["counts"]["left"] == 2
+    assert not (tmp_path / "selection.jsonl").exists()
