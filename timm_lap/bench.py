@@ -87,6 +87,7 @@ class Variant:
     model: nn.Module
     step: Callable[[], torch.Tensor]  # forward + backward + optimizer step
     forward_loss: Callable[[], torch.Tensor]  # the training forward alone (for saved-activation bytes)
+    optimizer: torch.optim.Optimizer
     times: list[float] = field(default_factory=list)
 
 
@@ -141,7 +142,7 @@ def _build(name: str, variant: str, args: argparse.Namespace, device: torch.devi
             energy.USE_TRITON = previous
         return loss
 
-    return Variant(variant, model, step, forward_loss)
+    return Variant(variant, model, step, forward_loss, optimizer)
 
 
 def _sync(device: torch.device) -> None:
