@@ -17,8 +17,7 @@ import time
 import timm
 import torch
 
-from timm_lap import energy
-from timm_lap.bench import _build, _model_kwargs, build_parser
+from timm_lap.bench import _build, _model_kwargs, build_parser, variant_settings
 
 
 def _events_breakdown(v, steps: int) -> dict[str, float]:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=25, help="kernels listed per variant")
     parser.set_defaults(device="cuda", models=["resnet50"], img_size=224, batch_size=128, amp=True,
                         channels_last=True, repeats=10, warmup=5,
-                        variants=["vanilla", "timm_lap", "timm_lap_torch"])
+                        variants=["vanilla", "timm_lap", "timm_lap_notaps", "timm_lap_torch"])
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_profile.py needs a CUDA device")
@@ -97,12 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["models"][name] = {}
         for variant in args.variants:
             v = _build(name, variant, args, device, state)
-            previous = energy.USE_TRITON
-            energy.USE_TRITON = previous and variant != "timm_lap_torch"
-            try:
+            with variant_settings(variant):
                 res = profile_variant(v, args)
-            finally:
-                energy.USE_TRITON = previous
             with open(os.path.join(args.out, f"kernels_{name}_{variant}.txt"), "w") as f:
                 f.write(res.pop("kernels"))
             report["models"][name][variant] = res

@@ -82,6 +82,18 @@ for dtype in (torch.float32, torch.bfloat16):
 go, gs = k.squared_displacement_mean_backward(o, s, torch.tensor(1.0), False, True)
 assert go is None and gs.shape == s.shape
 assert not k.supports(torch.zeros(4, 4), torch.zeros(4, 4).t())
+for dtype in (torch.float32, torch.bfloat16):
+    g = torch.randn(2, 8, 9, 9).to(dtype).contiguous(memory_format=torch.channels_last)
+    pairs = [tuple(torch.randn(2, 8, 9, 9).to(dtype).contiguous(memory_format=torch.channels_last) for _ in range(2))
+             for _ in range(3)]
+    scalars = [torch.tensor(0.5), torch.tensor(2.0), torch.tensor(-1.0)]
+    for count in (1, 2, 3):  # one pass for one or two terms, chained beyond
+        terms = [(o, s, c, (-1) ** i * 0.25) for i, ((o, s), c) in enumerate(zip(pairs[:count], scalars))]
+        expected = g.float() + sum(k_ * c.float() * (o.float() - s.float()) for o, s, c, k_ in terms)
+        got = k.add_terms(g, terms)
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
+        torch.testing.assert_close(got.float(), expected, **tol)
+        assert got.dtype == dtype and got.stride() == g.stride()
 print("ok")
 """
 

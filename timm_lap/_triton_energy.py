@@ -83,3 +83,41 @@ def squared_displacement_mean_backward(
         n, 2.0 / n, WRITE_OUT=need_out, WRITE_SHORTCUT=need_shortcut, BLOCK=BLOCK,
     )
     return grad_out, grad_shortcut
+
+
+@triton.jit
+def _add_terms_kernel(
+    grad_ptr, result_ptr, out0_ptr, short0_ptr, scalar0_ptr, k0, out1_ptr, short1_ptr, scalar1_ptr, k1, n,
+    TWO: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    acc = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    c0 = tl.load(scalar0_ptr).to(tl.float32) * k0
+    o0 = tl.load(out0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    s0 = tl.load(short0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    acc += c0 * (o0 - s0)
+    if TWO:
+        c1 = tl.load(scalar1_ptr).to(tl.float32) * k1
+        o1 = tl.load(out1_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        s1 = tl.load(short1_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        acc += c1 * (o1 - s1)
+    tl.store(result_ptr + offs, acc.to(result_ptr.dtype.element_ty), mask=mask)
+
+
+def add_terms(
+    grad: torch.Tensor, terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]
+) -> torch.Tensor:
+    """``grad + sum k * scalar * (out - shortcut)`` over ``terms = [(out, shortcut, scalar, k)]``, two per pass."""
+    n = grad.numel()
+    grid = (triton.cdiv(n, BLOCK),)
+    result = grad
+    for i in range(0, len(terms), 2):
+        pair = terms[i:i + 2]
+        o0, s0, g0, k0 = pair[0]
+        o1, s1, g1, k1 = pair[1] if len(pair) == 2 else pair[0]
+        target = torch.empty_like(grad)
+        _add_terms_kernel[grid](result, target, o0, s0, g0, k0, o1, s1, g1, k1, n, TWO=len(pair) == 2, BLOCK=BLOCK)
+        result = target
+    return result

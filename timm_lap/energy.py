@@ -12,12 +12,17 @@ import os
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["block_energy", "reference_energy"]
+from .grad_taps import TapRegistry, Term
+
+__all__ = ["block_energy", "reference_energy", "use_grad_taps"]
 
 
 # Eager CUDA uses the fused Triton kernels when available; TIMM_LAP_TRITON=0 (or setting this to
 # False) forces the plain-PyTorch path.
 USE_TRITON = os.environ.get("TIMM_LAP_TRITON", "1") != "0"
+# Gradient taps (timm_lap.grad_taps): None = on for eager CUDA with the Triton kernels, True = always in
+# eager mode (CPU too: the tests), False = never. TIMM_LAP_GRAD_TAPS=0 turns them off.
+GRAD_TAPS: bool | None = None if os.environ.get("TIMM_LAP_GRAD_TAPS", "1") != "0" else False
 
 
 def _load_triton():
@@ -48,17 +53,21 @@ def _displacement_f32(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor
     return out.float() - shortcut.float()
 
 
+def _squared_displacement_mean(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    kernels = _fused_kernels(out, shortcut)
+    if kernels is not None:
+        return kernels.squared_displacement_mean(out, shortcut)
+    d = _displacement_f32(out, shortcut)
+    return d.square_().mean()  # d is our own temporary: square it in place
+
+
 class _SquaredDisplacementMean(torch.autograd.Function):
     """``mean((out - shortcut)^2)`` in float32; backward recomputes ``out - shortcut``."""
 
     @staticmethod
     def forward(ctx, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(out, shortcut)
-        kernels = _fused_kernels(out, shortcut)
-        if kernels is not None:
-            return kernels.squared_displacement_mean(out, shortcut)
-        d = _displacement_f32(out, shortcut)
-        return d.square_().mean()  # d is our own temporary: square it in place
+        return _squared_displacement_mean(out, shortcut)
 
     @staticmethod
     @once_differentiable
@@ -76,6 +85,30 @@ class _SquaredDisplacementMean(torch.autograd.Function):
         return grad_out, grad_shortcut
 
 
+class _TappedSquaredDisplacementMean(torch.autograd.Function):
+    """Same value; backward hands its gradient to the tensors' taps (see :mod:`timm_lap.grad_taps`)."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, shortcut: torch.Tensor, term: Term) -> torch.Tensor:
+        ctx.save_for_backward(out, shortcut)
+        ctx.term = term
+        return _squared_displacement_mean(out, shortcut)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        out, shortcut = ctx.saved_tensors  # checks that neither was modified in place since the forward
+        ctx.term.set(grad, out, shortcut)
+        return None, None, None
+
+
+def use_grad_taps(out: torch.Tensor) -> bool:
+    """Whether the tracker should route this block's energy gradient through taps."""
+    if GRAD_TAPS is False or torch.compiler.is_compiling():
+        return False
+    return GRAD_TAPS is True or (out.device.type == "cuda" and USE_TRITON)
+
+
 def reference_energy(out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Plain-PyTorch ``mean(|out - shortcut|^p)`` in float32 (any ``p > 0``)."""
     d = _displacement_f32(out, shortcut)
@@ -84,8 +117,16 @@ def reference_energy(out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0) 
     return d.abs().pow(p).mean()
 
 
-def block_energy(out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """Differentiable float32 energy of one block; the fused path is used for ``p == 2``."""
+def block_energy(
+    out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0, taps: TapRegistry | None = None
+) -> torch.Tensor:
+    """Differentiable float32 energy of one block; the fused path is used for ``p == 2``.
+
+    With ``taps`` (eager, ``p == 2``) the gradient reaches ``out`` and ``shortcut`` through the
+    registry's tensor hooks instead of new gradient tensors; the value is the same.
+    """
     if p == 2.0:
+        if taps is not None:
+            return _TappedSquaredDisplacementMean.apply(out, shortcut, taps.attach(out, shortcut))
         return _SquaredDisplacementMean.apply(out, shortcut)
     return reference_energy(out, shortcut, p)

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from .blocks import BlockSelector, BlockSpec, find_blocks, select_blocks
-from .energy import block_energy
+from .energy import block_energy, use_grad_taps
+from .grad_taps import TapRegistry
 
 __all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model"]
 
@@ -87,6 +88,7 @@ class DisplacementTracker:
         self._names = [s.name for s in specs]
         self._invalid: set[str] = set()
         self._energies: dict[str, torch.Tensor] = {}
+        self._taps = TapRegistry()
         self._training_pass = False
         self._warned: set[str] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -154,7 +156,7 @@ class DisplacementTracker:
     # ------------------------------------------------------- copies & pickling
     def __getstate__(self) -> dict:
         # Recorded energies belong to one forward of one model: never copy them.
-        return {**self.__dict__, "_energies": {}}
+        return {**self.__dict__, "_energies": {}, "_taps": TapRegistry()}
 
     # ---------------------------------------------------------------- hooks
     def _check_alive(self) -> None:
@@ -168,10 +170,12 @@ class DisplacementTracker:
         if _in_backward():
             return
         self._energies = {}
+        self._taps.clear()
         self._training_pass = module.training and torch.is_grad_enabled()
 
     def _end_pass(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._training_pass = False
+        self._taps.clear()
 
     def _record(self, hook: _BlockHook, module: nn.Module, output: Any, shortcut: torch.Tensor | None) -> None:
         name = hook.name
@@ -180,11 +184,13 @@ class DisplacementTracker:
         if not hook.checked and not self._check_block(hook, output, shortcut):
             return
         if module.training and torch.is_grad_enabled():
-            energy = block_energy(output, shortcut, self.p)
             if _in_backward():
                 # Gradient-checkpoint recomputation: the energy is computed again so that the
                 # recomputed graph saves the same tensors, but it was already counted.
+                block_energy(output, shortcut, self.p)
                 return
+            taps = self._taps if self.p == 2.0 and use_grad_taps(output) else None
+            energy = block_energy(output, shortcut, self.p, taps)
         elif self.track_eval:
             if _in_backward():
                 return
