@@ -35,7 +35,7 @@ from .tracker import track
 __all__ = ["saved_activation_bytes", "run_benchmark", "main"]
 
 DEFAULT_MODELS = ("resnet18", "resnet50", "convnext_atto", "vit_tiny_patch16_224")
-VARIANTS = ("vanilla", "timm_lap", "timm_lap_notaps", "timm_lap_torch", "naive")
+VARIANTS = ("vanilla", "timm_lap", "timm_lap_taps", "timm_lap_notaps", "timm_lap_torch", "naive")
 DEFAULT_VARIANTS = ("vanilla", "timm_lap", "naive")
 
 
@@ -85,13 +85,13 @@ class NaiveLAP:
 def variant_settings(variant: str):
     """The energy module's switches for a variant, restored afterwards.
 
-    ``timm_lap_torch``: the plain-PyTorch energy instead of the fused CUDA kernels (so no taps either);
-    ``timm_lap_notaps``: the fused kernels, with the energy's gradients accumulated by autograd.
+    ``timm_lap``: the defaults; ``timm_lap_taps`` / ``timm_lap_notaps``: gradient taps forced on / off;
+    ``timm_lap_torch``: the plain-PyTorch energy instead of the fused CUDA kernels.
     """
     previous = energy.USE_TRITON, energy.GRAD_TAPS
     energy.USE_TRITON = previous[0] and variant != "timm_lap_torch"
-    if variant == "timm_lap_notaps":
-        energy.GRAD_TAPS = False
+    if variant in ("timm_lap_taps", "timm_lap_notaps"):
+        energy.GRAD_TAPS = variant == "timm_lap_taps"
     try:
         yield
     finally:
@@ -236,8 +236,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="timm-lap bench", description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS,
-                        help="timm_lap_notaps: without the gradient taps; timm_lap_torch: without any fused CUDA "
-                             "kernel")
+                        help="timm_lap_taps/_notaps: gradient taps forced on/off; timm_lap_torch: without the "
+                             "fused CUDA kernels")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--img-size", type=int, default=64)

@@ -53,9 +53,11 @@ def _displacement_f32(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor
     return out.float() - shortcut.float()
 
 
-def _squared_displacement_mean(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+def _squared_displacement_mean(out: torch.Tensor, shortcut: torch.Tensor, term: Term | None = None) -> torch.Tensor:
     kernels = _fused_kernels(out, shortcut)
     if kernels is not None:
+        if term is not None:
+            term.fused = kernels
         return kernels.squared_displacement_mean(out, shortcut)
     d = _displacement_f32(out, shortcut)
     return d.square_().mean()  # d is our own temporary: square it in place
@@ -92,7 +94,7 @@ class _TappedSquaredDisplacementMean(torch.autograd.Function):
     def forward(ctx, out: torch.Tensor, shortcut: torch.Tensor, term: Term) -> torch.Tensor:
         ctx.save_for_backward(out, shortcut)
         ctx.term = term
-        return _squared_displacement_mean(out, shortcut)
+        return _squared_displacement_mean(out, shortcut, term)
 
     @staticmethod
     @once_differentiable

@@ -23,10 +23,11 @@ __all__ = ["Term", "TapRegistry", "add_terms"]
 class Term:
     """One block's energy in one forward: its scale and, after its backward, the tensors to read."""
 
-    __slots__ = ("numel", "grad", "out", "shortcut", "users", "pending")
+    __slots__ = ("numel", "fused", "grad", "out", "shortcut", "users", "pending")
 
     def __init__(self, numel: int) -> None:
         self.numel = numel
+        self.fused = None  # the Triton kernels module when the forward found the tensors fit them
         self.users = 0  # tensor hooks that read this term
         self.pending = 0
         self.grad: torch.Tensor | None = None
@@ -106,10 +107,8 @@ def _torch_add_terms(grad: torch.Tensor, terms: list[tuple[Term, float]]) -> tor
 
 def add_terms(grad: torch.Tensor, terms: list[tuple[Term, float]]) -> torch.Tensor:
     """``grad + sum sign * grad_E * 2/n * (out - shortcut)`` in float32, returned in ``grad``'s dtype."""
-    from . import energy
-
-    kernels = energy._fused_kernels(grad, grad)
-    if kernels is not None and all(kernels.supports(grad, t.out) and kernels.supports(grad, t.shortcut)
-                                   for t, _ in terms):
-        return kernels.add_terms(grad, [(t.out, t.shortcut, t.grad, t.scale(sign)) for t, sign in terms])
+    # The forward already checked each term's (out, shortcut) for the fused kernels (Term.fused);
+    # the gradient only has to walk memory in the same order.
+    if all(t.fused is not None and grad.stride() == t.out.stride() for t, _ in terms) and grad.is_cuda:
+        return terms[0][0].fused.add_terms(grad, [(t.out, t.shortcut, t.grad, t.scale(sign)) for t, sign in terms])
     return _torch_add_terms(grad, terms)
