@@ -1,8 +1,9 @@
 """Kinetic-energy bias: among vanilla runs, does a lower held-out transport cost go with higher test accuracy?
 
-Vanilla (no LAP) runs on one low-data task vary what the training CLI offers: learning rate, weight decay,
-``--model-kwargs zero_init_last=False`` vs timm's default, and (full preset) ``--drop-path``. Reported: a
-scatter of final test transport vs test accuracy with Spearman's rho and its p-value.
+Vanilla (no LAP) runs on one low-data task vary the initialisation gain (``--init-gain``: conv and linear
+weights scaled after timm's init), the learning rate and the weight decay, and (full preset)
+``--model-kwargs zero_init_last=False`` and ``--drop-path``. Reported: a scatter of final test transport vs
+test accuracy with Spearman's rho and its p-value.
 
     python benchmarks/energy_bias.py --quick
 """
@@ -18,32 +19,33 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 NAME = "energy_bias"
-KEY_FIELDS = ("dataset", "size", "seed", "epochs", "lr", "weight_decay", "zero_init_last", "drop_path")
+KEY_FIELDS = ("dataset", "size", "seed", "epochs", "lr", "weight_decay", "init_gain", "zero_init_last", "drop_path")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"size": 100, "seeds": [0], "epochs": 1, "lrs": [0.01, 0.05, 0.2], "wds": [5e-4],
+    "smoke": {"size": 100, "seeds": [0], "epochs": 1, "lrs": [0.01, 0.05, 0.2], "wds": [5e-4], "gains": [1.0],
               "zero_init_last": [True], "drop_paths": [0.0]},
     "quick": {"size": 300, "seeds": [0], "epochs": 8, "lrs": [0.01, 0.05, 0.2], "wds": [0.0, 5e-3],
-              "zero_init_last": [True, False], "drop_paths": [0.0]},
+              "gains": [0.5, 1.0, 2.0], "zero_init_last": [True], "drop_paths": [0.0]},
     "full": {"size": 300, "seeds": [0, 1], "epochs": 30, "lrs": [0.01, 0.05, 0.2], "wds": [0.0, 5e-3],
-             "zero_init_last": [True, False], "drop_paths": [0.0, 0.1]},
+             "gains": [0.5, 1.0, 2.0], "zero_init_last": [True, False], "drop_paths": [0.0, 0.1]},
 }
 
 
-def config_flags(zero_init_last: bool, drop_path: float) -> list[str]:
+def config_flags(init_gain: float, zero_init_last: bool, drop_path: float) -> list[str]:
     """Extra CLI flags of a configuration (lr and weight decay go through the cell)."""
-    flags = [] if zero_init_last else ["--model-kwargs", "zero_init_last=False"]
+    flags = [] if init_gain == 1.0 else ["--init-gain", str(init_gain)]
+    flags += [] if zero_init_last else ["--model-kwargs", "zero_init_last=False"]
     return flags + (["--drop-path", str(drop_path)] if drop_path > 0 else [])
 
 
 def build_cells(preset: dict[str, Any]) -> list[tuple[C.Cell, list[str]]]:
     cells = []
-    grid = itertools.product(preset["seeds"], preset["lrs"], preset["wds"], preset["zero_init_last"],
-                             preset["drop_paths"])
-    for seed, lr, wd, zil, dp in grid:
+    grid = itertools.product(preset["seeds"], preset["lrs"], preset["wds"], preset["gains"],
+                             preset["zero_init_last"], preset["drop_paths"])
+    for seed, lr, wd, gain, zil, dp in grid:
         cell = {"dataset": "sklearn/digits", "size": preset["size"], "seed": seed, "epochs": preset["epochs"],
-                "lr": lr, "weight_decay": wd, "zero_init_last": zil, "drop_path": dp}
-        cells.append((cell, config_flags(zil, dp)))
+                "lr": lr, "weight_decay": wd, "init_gain": gain, "zero_init_last": zil, "drop_path": dp}
+        cells.append((cell, config_flags(gain, zil, dp)))
     return cells
 
 
@@ -61,27 +63,32 @@ def summary_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], preset
     lines = [f"# Kinetic-energy bias ({preset_name} preset)", "",
              f"Vanilla runs, digits, {preset['size']} training images, {preset['epochs']} epochs, seeds "
              f"{preset['seeds']}. Spearman (test transport vs test top-1): {sp_s}.", "",
-             "| lr | weight decay | zero_init_last | drop path | seed | test top-1 (%) | test transport |",
-             "|---|---|---|---|---|---|---|"]
+             "| lr | weight decay | init gain | zero_init_last | drop path | seed | test top-1 (%) | test transport |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["test_transport"]):
-        lines.append(f"| {r['lr']:g} | {r['weight_decay']:g} | {r['zero_init_last']} | {r['drop_path']:g} | "
-                     f"{r['seed']} | {r['test_top1']:.2f} | {r['test_transport']:.4f} |")
+        lines.append(f"| {r['lr']:g} | {r['weight_decay']:g} | {r['init_gain']:g} | {r['zero_init_last']} | "
+                     f"{r['drop_path']:g} | {r['seed']} | {r['test_top1']:.2f} | {r['test_transport']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: str) -> str:
-    """Scatter of test transport vs test accuracy, colour = learning rate, marker = zero_init_last."""
+    """Scatter of test transport vs test accuracy, colour = learning rate, marker = initialisation gain."""
     plt = C.matplotlib_pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     lrs = sorted({r["lr"] for r in rows})
+    gains = sorted({r["init_gain"] for r in rows})
+    markers = "o^sDv<>p"
     cmap = plt.get_cmap("viridis")
     for r in rows:
         color = cmap(lrs.index(r["lr"]) / max(len(lrs) - 1, 1))
-        ax.scatter(r["test_transport"], r["test_top1"], color=color, marker="o" if r["zero_init_last"] else "^",
-                   s=40, edgecolor="k", linewidth=0.5)
+        ax.scatter(r["test_transport"], r["test_top1"], color=color, s=40, edgecolor="k", linewidth=0.5,
+                   marker=markers[gains.index(r["init_gain"]) % len(markers)] if r["zero_init_last"] else "x")
     for i, lr in enumerate(lrs):
         ax.scatter([], [], color=cmap(i / max(len(lrs) - 1, 1)), label=f"lr={lr:g}")
-    ax.scatter([], [], color="w", edgecolor="k", marker="^", label="zero_init_last=False")
+    for i, gain in enumerate(gains):
+        ax.scatter([], [], color="w", edgecolor="k", marker=markers[i % len(markers)], label=f"init gain {gain:g}")
+    if not all(r["zero_init_last"] for r in rows):
+        ax.scatter([], [], color="k", marker="x", label="zero_init_last=False")
     ax.set_xscale("log")
     ax.set_xlabel("test transport cost (held out)")
     ax.set_ylabel("test top-1 (%)")

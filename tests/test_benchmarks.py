@@ -148,7 +148,7 @@ def test_sensitivity_smoke_and_resume(tmp_path):
 
 @pytest.mark.slow
 def test_energy_bias_smoke_and_resume(tmp_path):
-    _smoke("energy_bias", tmp_path, 3, ("lr", "weight_decay", "zero_init_last", "drop_path"),
+    _smoke("energy_bias", tmp_path, 3, ("lr", "weight_decay", "init_gain", "zero_init_last", "drop_path"),
            "transport_vs_accuracy.png")
     summary = json.loads((tmp_path / "energy_bias" / "summary.json").read_text())
     assert summary["runs"] == 3 and summary["spearman"] is not None
@@ -161,3 +161,13 @@ def test_stop_after_leaves_sweep_resumable(tmp_path):
     # the W selection launched nothing, so the fixed-weight run is not even planned yet: vanilla and LAP are left
     assert res["counts"]["ran"] == 0 and res["counts"]["left"] == 2
     assert not (tmp_path / "selection.jsonl").exists()
+
+
+def test_energy_bias_grid_varies_init_gain_lr_and_weight_decay():
+    module = _load("energy_bias")
+    cells = module.build_cells(module.PRESETS["quick"])
+    assert len(cells) >= 12
+    for key in ("init_gain", "lr", "weight_decay"):
+        assert len({cell[key] for cell, _ in cells}) > 1, key
+    flags = {cell["init_gain"]: extra for cell, extra in cells}
+    assert flags[2.0][:2] == ["--init-gain", "2.0"] and "--init-gain" not in flags[1.0]

@@ -123,7 +123,23 @@ def test_val_from_train_and_eval_interval(tmp_path):
     assert len(train_ds) == 120 and not train_indices & eval_indices
 
 
-@pytest.mark.parametrize("flags,match", [(["--eval-interval", "0"], "--eval-interval must be >= 1"),
+def test_init_gain_scales_conv_and_linear_weights_only():
+    from timm_lap.train import _build_model
+
+    args, _ = parse_args([*DIGITS, "--init-gain", "2"])
+    base_args, _ = parse_args(DIGITS)
+    torch.manual_seed(0)
+    base = _build_model(base_args, 10, 1)
+    torch.manual_seed(0)
+    scaled = _build_model(args, 10, 1)
+    for (name, p), q in zip(base.named_parameters(), scaled.parameters()):
+        factor = 2.0 if name.endswith("weight") and p.dim() > 1 else 1.0  # conv/linear weights; not BN, not biases
+        torch.testing.assert_close(q, p * factor, msg=name)
+
+
+@pytest.mark.parametrize("flags,match", [(["--init-gain", "0"], "--init-gain must be a finite number > 0"),
+                                         (["--init-gain", "2", "--pretrained"], "fresh initialisation"),
+                                         (["--eval-interval", "0"], "--eval-interval must be >= 1"),
                                          (["--val-from-train", "1.5"], "--val-from-train must be a fraction")])
 def test_bad_eval_flags(flags, match, capsys):
     with pytest.raises(SystemExit):

@@ -124,6 +124,15 @@ def _build_datasets(args: argparse.Namespace):
     return train_set, eval_set
 
 
+def scale_initial_weights(model: nn.Module, gain: float) -> nn.Module:
+    """Multiply the weights of every convolution and linear layer by ``gain`` (biases and norms untouched)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                module.weight.mul_(gain)
+    return model
+
+
 def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int) -> nn.Module:
     kwargs = dict(args.model_kwargs)
     if args.model.endswith(LAP_SUFFIX):
@@ -139,6 +148,8 @@ def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int) -> n
     )
     if args.initial_checkpoint:
         load_checkpoint(model, args.initial_checkpoint)
+    if args.init_gain != 1.0:
+        scale_initial_weights(model, args.init_gain)
     if args.lap and get_tracker(model) is None:
         track(model, blocks=args.lap_blocks, p=args.lap_p)
     if args.grad_checkpointing:

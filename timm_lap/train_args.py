@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Sequence
 
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="resnet50", metavar="MODEL", help="timm model name ('resnet18_lap' implies --lap)")
     g.add_argument("--pretrained", action="store_true", default=False)
     g.add_argument("--initial-checkpoint", default="", metavar="PATH")
+    g.add_argument("--init-gain", type=float, default=1.0, metavar="G",
+                   help="multiply the fresh initial weights of every conv and linear layer by G (timm-lap)")
     g.add_argument("--resume", default="", metavar="PATH")
     g.add_argument("--no-resume-opt", action="store_true", default=False)
     g.add_argument("--num-classes", type=int, default=None, metavar="N", help="default: from the dataset")
@@ -197,6 +200,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--grad-accum-steps must be >= 1, got {args.grad_accum_steps}")
     if args.train_subset is not None and args.train_subset < 1:
         parser.error(f"--train-subset must be >= 1, got {args.train_subset}")
+    if not (math.isfinite(args.init_gain) and args.init_gain > 0):
+        parser.error(f"--init-gain must be a finite number > 0, got {args.init_gain}")
+    if args.init_gain != 1.0 and (args.pretrained or args.initial_checkpoint):
+        parser.error("--init-gain scales a fresh initialisation; drop it with --pretrained/--initial-checkpoint")
     if args.eval_interval < 1:
         parser.error(f"--eval-interval must be >= 1, got {args.eval_interval}")
     if args.val_from_train is not None and not (
