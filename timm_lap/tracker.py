@@ -189,7 +189,7 @@ class DisplacementTracker:
                 # recomputed graph saves the same tensors, but it was already counted.
                 block_energy(output, shortcut, self.p)
                 return
-            taps = self._taps if self.p == 2.0 and use_grad_taps(output) else None
+            taps = self._taps if use_grad_taps(output) else None  # block_energy uses them for p == 2 only
             energy = block_energy(output, shortcut, self.p, taps)
         elif self.track_eval:
             if _in_backward():
