@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "Cell", "ResultsFile", "base_argv", "run_cell", "run_sweep", "t_interval", "paired_difference",
+    "Cell", "ResultsFile", "base_argv", "deadline_after", "run_cell", "run_sweep", "t_interval", "paired_difference",
     "spearman", "add_common_args", "default_out_dir", "format_ci",
 ]
 
@@ -174,7 +174,7 @@ def run_cell(cell: Cell, extra: Sequence[str], workdir: str | None = None) -> di
     images), final lam, seconds.
     """
     import torch
-    from timm_lap.analysis import energy_profile
+    from timm_lap.demo import validation_transport
     from timm_lap.train import train
     from timm_lap.train_args import parse_args
 
@@ -191,7 +191,7 @@ def run_cell(cell: Cell, extra: Sequence[str], workdir: str | None = None) -> di
         loader = result["loader_eval"]
         batch_size = getattr(loader, "loader", loader).batch_size  # timm's PrefetchLoader wraps a DataLoader
         max_batches = -(-TRANSPORT_IMAGES // batch_size)
-        transport = sum(energy_profile(result["model"], loader, max_batches=max_batches, progress=False).values())
+        transport = validation_transport(result["model"], loader, max_batches)
         return {"test_top1": float(last["eval_top1"]), "test_loss": float(last["eval_loss"]),
                 "test_transport": float(transport), "train_task_loss": float(last["task_loss"]),
                 "lam": result["lam"], "seconds": round(seconds, 2), "argv": " ".join(extra),
@@ -200,12 +200,17 @@ def run_cell(cell: Cell, extra: Sequence[str], workdir: str | None = None) -> di
         shutil.rmtree(root, ignore_errors=True)
 
 
+def deadline_after(minutes: float | None) -> float | None:
+    """The ``time.monotonic()`` instant ``minutes`` from now (None: no limit), for :func:`run_sweep`."""
+    return None if minutes is None else time.monotonic() + 60.0 * minutes
+
+
 def run_sweep(cells: Iterable[tuple[Cell, list[str]]], results: ResultsFile, desc: str,
-              stop_after_min: float | None = None, workdir: str | None = None) -> dict[str, int]:
+              deadline: float | None = None, workdir: str | None = None) -> dict[str, int]:
     """Run every (cell, extra flags) not yet in ``results``, appending each row as it finishes.
 
-    Stops launching new runs once ``stop_after_min`` minutes have passed (the sweep stays resumable).
-    Returns {'ran', 'skipped', 'left'}.
+    Stops launching new runs once ``time.monotonic()`` reaches ``deadline`` (the sweep stays resumable);
+    sweeps that share one deadline share one time budget. Returns {'ran', 'skipped', 'left'}.
     """
     from tqdm import tqdm
 
@@ -213,12 +218,11 @@ def run_sweep(cells: Iterable[tuple[Cell, list[str]]], results: ResultsFile, des
     done = results.done()
     pending = [(c, e) for c, e in todo if results.key(c) not in done]
     counts = {"ran": 0, "skipped": len(todo) - len(pending), "left": 0}
-    start = time.monotonic()
     bar = tqdm(total=len(todo), initial=counts["skipped"], desc=desc, unit="run")
     for i, (cell, extra) in enumerate(pending):
-        if stop_after_min is not None and time.monotonic() - start >= 60.0 * stop_after_min:
+        if deadline is not None and time.monotonic() >= deadline:
             counts["left"] = len(pending) - i
-            bar.write(f"{desc}: time limit ({stop_after_min} min) reached; {counts['left']} run(s) left, "
+            bar.write(f"{desc}: time limit (--stop-after) reached; {counts['left']} run(s) left, "
                       "rerun the same command to resume")
             break
         row = dict(cell)
@@ -317,7 +321,9 @@ def sweep_and_report(opts: argparse.Namespace, name: str, presets: dict[str, dic
     counts = {"ran": 0, "skipped": 0, "left": 0}
     if not opts.report_only:
         setup_torch(opts.threads)
-        counts = run_sweep(cells_for(preset), results, f"{name} ({preset_name})", opts.stop_after)
+        # One --stop-after budget for the whole command, including sweeps that cells_for runs first.
+        opts.deadline = deadline_after(opts.stop_after)
+        counts = run_sweep(cells_for(preset), results, f"{name} ({preset_name})", opts.deadline)
     files = report(results.rows(), out_dir, preset_name, preset)
     print(open(files["summary_md"]).read())
     return {"counts": counts, "files": files, "results": results_path}

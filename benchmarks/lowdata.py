@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Any, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -97,13 +96,10 @@ def build_cells(preset: dict[str, Any], datasets: Sequence[str],
 def select_then_build_cells(opts: argparse.Namespace, preset: dict[str, Any],
                             datasets: Sequence[str]) -> list[tuple[C.Cell, list[str]]]:
     """Run (or resume) the W selection, then return the test cells (without the fixed-weight ones while the
-    selection is unfinished). ``opts.stop_after`` is lowered by the time the selection took: one budget for both."""
+    selection is unfinished). Both sweeps share the command's ``--stop-after`` deadline (``opts.deadline``)."""
     out_dir, _ = C.resolve_paths(opts, NAME)
     selection = C.ResultsFile(os.path.join(out_dir, SELECTION_FILE), SELECTION_KEYS)
-    start = time.monotonic()
-    counts = C.run_sweep(selection_cells(preset, datasets), selection, f"{NAME} W selection", opts.stop_after)
-    if opts.stop_after is not None:
-        opts.stop_after = max(0.0, opts.stop_after - (time.monotonic() - start) / 60.0)
+    counts = C.run_sweep(selection_cells(preset, datasets), selection, f"{NAME} W selection", opts.deadline)
     if counts["left"]:
         print(f"{NAME}: W selection unfinished ({counts['left']} run(s) left); the fixed-weight runs wait for it")
         return [(cell, flags) for cell, flags in build_cells(preset, datasets, {}) if cell["method"] != "fixed"]
