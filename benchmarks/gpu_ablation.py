@@ -6,60 +6,90 @@ forward, not in the loss); ``lap_fixed`` (``LeastActionLoss(weight=0.1)``); ``la
 ``MultiplierScheduler``), then ``lap`` with Python's GC off and with the plain-PyTorch energy; then a
 cProfile of 5 ``lap`` steps. Usage: ``python benchmarks/gpu_ablation.py`` (needs CUDA).
 """
+from __future__ import annotations
+
 import cProfile
 import gc
 import io
+import os
 import pstats
 import statistics
-import time
+import sys
+from typing import Callable
 
 import timm
 import torch
 import torch.nn as nn
 
-from timm_lap import track, LeastActionLoss, MultiplierScheduler, energy
-dev = torch.device("cuda")
-torch.manual_seed(0)
-x = torch.randn(128, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 10, (128,), device=dev)
-def build(mode):
-    m = timm.create_model("resnet50", num_classes=10).to(dev).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
-    crit = nn.CrossEntropyLoss()
-    lf = crit
-    if mode in ("lap", "lap_fixed", "track_only"):
-        if mode == "track_only":
-            tr = track(m)
-        else:
-            lf = LeastActionLoss(crit, m, weight=0.1 if mode == "lap_fixed" else None)
-            if mode == "lap":
-                MultiplierScheduler(opt, lf)
-    if mode == "hooks_noop":
-        for mod in m.modules():
-            if type(mod).__name__ == "Bottleneck":
-                mod.register_forward_hook(lambda *a: None)
-    def step():
+from timm_lap import LeastActionLoss, MultiplierScheduler, energy, track
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _gpu_timing import synced_steps  # noqa: E402
+
+MODES = ("vanilla", "hooks_noop", "track_only", "lap_fixed", "lap")
+
+
+def build(mode: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One training step of resnet50 in the given mode."""
+    model = timm.create_model("resnet50", num_classes=10).to(x.device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn: nn.Module = nn.CrossEntropyLoss()
+    if mode == "track_only":
+        track(model)
+    elif mode in ("lap", "lap_fixed"):
+        loss_fn = LeastActionLoss(loss_fn, model, weight=0.1 if mode == "lap_fixed" else None)
+        if mode == "lap":
+            MultiplierScheduler(optimizer, loss_fn)
+    elif mode == "hooks_noop":
+        for module in model.modules():
+            if type(module).__name__ == "Bottleneck":
+                module.register_forward_hook(lambda *a: None)
+
+    def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = lf(m(x), y)
-        opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optimizer.step()
+
     return step
-def timeit(step, n=10):
-    for _ in range(3): step()
-    torch.cuda.synchronize()
-    enq, wall = [], []
-    for _ in range(n):
-        t = time.perf_counter(); step(); enq.append(time.perf_counter() - t); torch.cuda.synchronize(); wall.append(time.perf_counter() - t)
-    return round(1e3 * statistics.median(enq), 1), round(1e3 * statistics.median(wall), 1)
-for mode in ["vanilla", "hooks_noop", "track_only", "lap_fixed", "lap"]:
-    s = build(mode)
-    print(mode, "enqueue/wall ms", timeit(s), flush=True)
-    if mode == "lap":
-        gc.disable(); print("lap gc off", timeit(s), flush=True); gc.enable()
-        energy.USE_TRITON = False; print("lap torch energy", timeit(s), flush=True); energy.USE_TRITON = True
-        pr = cProfile.Profile(); pr.enable()
-        for _ in range(5): s()
-        torch.cuda.synchronize(); pr.disable()
-        out = io.StringIO(); pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(25); print(out.getvalue()[:6000])
-    del s; torch.cuda.empty_cache()
+
+
+def enqueue_and_wall_ms(step: Callable[[], None], repeats: int = 10) -> tuple[float, float]:
+    """Median host-enqueue and synced wall milliseconds per step, after 3 warm-up steps."""
+    for _ in range(3):
+        step()
+    enqueue, wall = synced_steps(step, repeats)
+    return round(1e3 * statistics.median(enqueue), 1), round(1e3 * statistics.median(wall), 1)
+
+
+def main() -> None:
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    x = torch.randn(128, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (128,), device=device)
+    for mode in MODES:
+        step = build(mode, x, y)
+        print(mode, "enqueue/wall ms", enqueue_and_wall_ms(step), flush=True)
+        if mode == "lap":
+            gc.disable()
+            print("lap gc off", enqueue_and_wall_ms(step), flush=True)
+            gc.enable()
+            energy.USE_TRITON = False
+            print("lap torch energy", enqueue_and_wall_ms(step), flush=True)
+            energy.USE_TRITON = True
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+            profiler.disable()
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            print(out.getvalue()[:6000])
+        del step
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

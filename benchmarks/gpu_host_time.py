@@ -14,14 +14,19 @@ import argparse
 import functools
 import gc
 import json
+import os
 import statistics
+import sys
 import time
 
 import timm
 import torch
 
 from timm_lap import energy, grad_taps, loss, multiplier, tracker
-from timm_lap.bench import _build, build_parser, variant_settings
+from timm_lap.bench import _build, build_parser
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _gpu_timing import pipelined_step, synced_steps  # noqa: E402
 
 _ACC = {"python_s": 0.0}
 _GC = {"pause_s": 0.0, "count": [0, 0, 0], "start": 0.0}
@@ -79,23 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
     gc.callbacks.append(_gc_callback)
     report = {"device": torch.cuda.get_device_name(), "gc_freeze": args.gc_freeze, "variants": {}}
     for v in variants:
-        walls = []
         _ACC["python_s"], _GC["pause_s"], _GC["count"] = 0.0, 0.0, [0, 0, 0]
-        for _ in range(args.repeats):
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            v.step()
-            torch.cuda.synchronize()
-            walls.append(time.perf_counter() - t)
+        _, walls = synced_steps(v.step, args.repeats)
         python_ms = 1e3 * _ACC["python_s"] / args.repeats
         gc_ms, gc_count = 1e3 * _GC["pause_s"] / args.repeats, list(_GC["count"])
-        t = time.perf_counter()
-        for _ in range(args.repeats):
-            v.step()
-        torch.cuda.synchronize()
+        pipelined = pipelined_step(v.step, args.repeats)
         report["variants"][v.name] = {
             "wall_ms_median": 1e3 * statistics.median(walls), "wall_ms_min": 1e3 * min(walls),
-            "pipelined_ms": 1e3 * (time.perf_counter() - t) / args.repeats,
+            "pipelined_ms": 1e3 * pipelined,
             "timm_lap_python_ms": python_ms, "gc_pause_ms": gc_ms, "gc_collections_by_generation": gc_count}
         print(v.name, json.dumps(report["variants"][v.name]), flush=True)
     gc.callbacks.remove(_gc_callback)

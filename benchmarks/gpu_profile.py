@@ -12,12 +12,15 @@ import argparse
 import json
 import os
 import statistics
-import time
+import sys
 
 import timm
 import torch
 
 from timm_lap.bench import _build, _model_kwargs, build_parser, variant_settings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _gpu_timing import pipelined_step, synced_steps  # noqa: E402
 
 
 def _events_breakdown(v, steps: int) -> dict[str, float]:
@@ -57,19 +60,8 @@ def _kernel_table(v, steps: int, rows: int) -> str:
 def profile_variant(v, args: argparse.Namespace) -> dict:
     for _ in range(args.warmup):
         v.step()
-    torch.cuda.synchronize()
-    synced, enqueue = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        v.step()
-        enqueue.append(time.perf_counter() - t0)
-        torch.cuda.synchronize()
-        synced.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for _ in range(args.repeats):
-        v.step()
-    torch.cuda.synchronize()
-    pipelined = (time.perf_counter() - t0) / args.repeats
+    enqueue, synced = synced_steps(v.step, args.repeats)
+    pipelined = pipelined_step(v.step, args.repeats)
     return {"step_ms_synced_median": 1e3 * statistics.median(synced), "step_ms_synced_min": 1e3 * min(synced),
             "step_ms_synced_max": 1e3 * max(synced), "step_ms_pipelined": 1e3 * pipelined,
             "host_enqueue_ms_median": 1e3 * statistics.median(enqueue),
