@@ -459,13 +459,16 @@ def class_balanced_subset(dataset: Dataset, n: int, seed: int = 0) -> BalancedSu
             f"use n >= {len(labels)} so every class is represented"
         )
     rng = np.random.default_rng(seed)
-    quotas = _balanced_quotas(per_class, n, rng)
-    chosen = [
-        rng.choice(np.flatnonzero(targets == label), size=int(q), replace=False)
-        for label, q in zip(labels, quotas)
-    ]
-    indices = np.sort(np.concatenate(chosen))
+    indices = _draw_per_class(targets, labels, _balanced_quotas(per_class, n, rng), rng)
     return BalancedSubset(dataset, indices.tolist(), targets[indices].tolist())
+
+
+def _draw_per_class(targets: np.ndarray, labels: np.ndarray, quotas: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices: ``quotas[i]`` samples of class ``labels[i]``, drawn without replacement."""
+    chosen = [rng.choice(np.flatnonzero(targets == label), size=int(q), replace=False)
+              for label, q in zip(labels, quotas)]
+    return np.sort(np.concatenate(chosen))
 
 
 def holdout_split(dataset: Dataset, size: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -498,11 +501,8 @@ def holdout_split(dataset: Dataset, size: float, seed: int = 0) -> tuple[list[in
         for i in order:
             if quotas.sum() < n_out and quotas[i] < per_class[i] - 1:
                 quotas[i] += 1
-    held = np.concatenate([rng.choice(np.flatnonzero(targets == label), size=int(q), replace=False)
-                           for label, q in zip(labels, quotas)])
-    held_set = set(held.tolist())
-    kept = [i for i in range(total) if i not in held_set]
-    return kept, sorted(held_set)
+    held = _draw_per_class(targets, labels, quotas, rng)
+    return np.setdiff1d(np.arange(total), held).tolist(), held.tolist()
 
 
 def index_subset(dataset: Dataset, indices: Sequence[int]) -> BalancedSubset:
