@@ -5,6 +5,7 @@ import sys
 
 COMMANDS = {
     "train": ("timm_lap.train", "timm's train.py flags plus --lap (least-action training)"),
+    "compare": ("timm_lap.compare", "paired multi-seed comparison: vanilla vs LAP vs fixed weight on your data"),
     "demo": ("timm_lap.demo", "vanilla vs LAP on scikit-learn digits: table and plot (the main job)"),
     "analyze": ("timm_lap.analyze", "report a trained model's transport: energy profile, trajectories, efficiency"),
     "bench": ("timm_lap.bench", "overhead benchmark: timm-lap vs vanilla vs a naive regulariser"),

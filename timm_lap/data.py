@@ -509,3 +509,34 @@ def index_subset(dataset: Dataset, indices: Sequence[int]) -> BalancedSubset:
     """``dataset`` restricted to ``indices``, keeping targets and transform forwarding."""
     targets = dataset_targets(dataset)
     return BalancedSubset(dataset, indices, [targets[i] for i in indices])
+
+
+class RelabelledSubset(BalancedSubset):
+    """A :class:`BalancedSubset` whose samples carry ``targets`` instead of the base dataset's labels."""
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        sample, _ = self.dataset[self.indices[index]]
+        return sample, self.targets[index]
+
+
+def with_label_noise(dataset: Dataset, fraction: float, seed: int = 0) -> RelabelledSubset:
+    """``dataset`` with a seeded ``fraction`` of its labels replaced by a different class, drawn uniformly.
+
+    Exactly ``round(fraction * len(dataset))`` samples are corrupted; every corrupted label differs from the true
+    one (a harder task for a fixed amount of data). Classes are those present in the dataset's targets.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"label-noise fraction must be in [0, 1), got {fraction}")
+    targets = np.asarray(dataset_targets(dataset), dtype=np.int64)
+    labels = np.unique(targets)
+    if fraction > 0 and len(labels) < 2:
+        raise ValueError("label noise needs at least two classes in the dataset")
+    rng = np.random.default_rng([seed, 0x4E015E])  # a stream of its own: independent of the subset draw
+    noisy = targets.copy()
+    chosen = rng.choice(len(targets), size=int(round(fraction * len(targets))), replace=False)
+    for i in chosen:
+        others = labels[labels != targets[i]]
+        noisy[i] = others[rng.integers(len(others))]
+    base = dataset.dataset if isinstance(dataset, BalancedSubset) else dataset
+    indices = dataset.indices if isinstance(dataset, BalancedSubset) else range(len(dataset))
+    return RelabelledSubset(base, indices, noisy.tolist())

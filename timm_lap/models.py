@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch.nn as nn
 from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs, is_model, model_entrypoint, register_model
 
+from . import preact  # registers the paper-shaped base models before their *_lap variants
 from .tracker import track
 
 __all__ = ["LAP_SUFFIX", "DEFAULT_LAP_ARCHS", "register_lap_model", "list_lap_models"]
@@ -36,6 +37,7 @@ DEFAULT_LAP_ARCHS = (
     "seresnet50",
     "resnetv2_50",
     "resnetv2_101",
+    *preact.PREACT_ARCHS,
 )
 
 # register_model() reads pretrained cfgs from the defining module's `default_cfgs`.

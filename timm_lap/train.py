@@ -39,7 +39,8 @@ from timm.utils import (
 )
 from tqdm.auto import tqdm
 
-from .data import class_balanced_subset, create_lap_dataset, dataset_num_classes, holdout_split, index_subset
+from .data import (class_balanced_subset, create_lap_dataset, dataset_num_classes, holdout_split, index_subset,
+                   with_label_noise)
 from .loss import LeastActionLoss
 from .models import LAP_SUFFIX
 from .multiplier import MultiplierScheduler
@@ -121,6 +122,8 @@ def _build_datasets(args: argparse.Namespace):
         train_set, eval_set = index_subset(train_set, kept), index_subset(train_as_eval, held)
     if args.train_subset is not None:
         train_set = class_balanced_subset(train_set, args.train_subset, seed=args.seed)
+    if args.label_noise:
+        train_set = with_label_noise(train_set, args.label_noise, seed=args.seed)
     return train_set, eval_set
 
 
@@ -430,6 +433,11 @@ def train(
         persistent_workers=False,
     )
 
+    if len(loader_train) == 0:
+        # timm's training loader drops the last partial batch: fewer samples than one batch means no step at all.
+        raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch (-b {args.batch_size}"
+                         f"{f' x {args.world_size} processes' if args.distributed else ''}), and the last partial "
+                         f"batch is dropped when training, so no step would be taken; use -b {len(train_set)} or less")
     updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
     lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
                                                    updates_per_epoch=updates_per_epoch)

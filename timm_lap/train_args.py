@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate on a seeded, class-stratified part of the training split (a fraction in (0, 1) "
                         "or a count) held out before --train-subset draws; --val-split is then not used. For "
                         "choosing hyperparameters without touching the test set")
+    g.add_argument("--label-noise", type=float, default=0.0, metavar="P",
+                   help="replace a seeded fraction P of the training labels by another class (a harder task; "
+                        "validation labels stay clean). Default 0")
 
     g = p.add_argument_group("Model")
     g.add_argument("--model", default="resnet50", metavar="MODEL", help="timm model name ('resnet18_lap' implies --lap)")
@@ -200,6 +203,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--grad-accum-steps must be >= 1, got {args.grad_accum_steps}")
     if args.train_subset is not None and args.train_subset < 1:
         parser.error(f"--train-subset must be >= 1, got {args.train_subset}")
+    if not 0.0 <= args.label_noise < 1.0:
+        parser.error(f"--label-noise must be a fraction in [0, 1), got {args.label_noise}")
     if not (math.isfinite(args.init_gain) and args.init_gain > 0):
         parser.error(f"--init-gain must be a finite number > 0, got {args.init_gain}")
     if args.init_gain != 1.0 and (args.pretrained or args.initial_checkpoint):
