@@ -7,18 +7,13 @@ costs about a second per epoch on CPU and nothing is read from it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-import math
 import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
-from scipy import stats
 
 __all__ = [
     "Cell", "ResultsFile", "base_argv", "deadline_after", "run_cell", "run_sweep", "t_interval", "paired_difference",
@@ -35,43 +30,9 @@ def default_out_dir(name: str) -> str:
     return os.path.join(HERE, "results", name)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean and two-sided Student-t confidence interval: {'n', 'mean', 'sd', 'half', 'lo', 'hi'}.
-
-    With a single value the half-width is NaN (no spread can be estimated).
-    """
-    x = np.asarray([float(v) for v in values], dtype=float)
-    if x.size == 0:
-        raise ValueError("t_interval: no values")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"t_interval: confidence must be in (0, 1), got {confidence}")
-    mean = float(x.mean())
-    if x.size < 2:
-        return {"n": 1, "mean": mean, "sd": math.nan, "half": math.nan, "lo": math.nan, "hi": math.nan}
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=x.size - 1) * sd / math.sqrt(x.size))
-    return {"n": int(x.size), "mean": mean, "sd": sd, "half": half, "lo": mean - half, "hi": mean + half}
-
-
-def paired_difference(a: dict[Any, float], b: dict[Any, float], confidence: float = 0.95) -> dict[str, float]:
-    """t interval of ``a[k] - b[k]`` over the keys (e.g. seeds) both have; pairs only, never unpaired values."""
-    keys = sorted(set(a) & set(b))
-    if not keys:
-        raise ValueError("paired_difference: no common keys to pair")
-    return t_interval([a[k] - b[k] for k in keys], confidence)
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    """Spearman's rank correlation and its two-sided p-value."""
-    if len(x) != len(y) or len(x) < 3:
-        raise ValueError(f"spearman: need two sequences of equal length >= 3, got {len(x)} and {len(y)}")
-    res = stats.spearmanr(x, y)
-    return {"n": len(x), "rho": float(res.statistic), "p": float(res.pvalue)}
+# Statistics and the resumable results file live in the package (``timm_lap.stats``, ``timm_lap.runs``).
+from timm_lap.runs import ResultsFile, _quiet_logs  # noqa: E402
+from timm_lap.stats import paired_difference, spearman, t_interval  # noqa: E402
 
 
 def format_ci(ci: dict[str, float], digits: int = 2) -> str:
@@ -79,53 +40,6 @@ def format_ci(ci: dict[str, float], digits: int = 2) -> str:
     if ci["n"] < 2:
         return f"{ci['mean']:.{digits}f} (n=1)"
     return f"{ci['mean']:.{digits}f} ± {ci['half']:.{digits}f} (n={ci['n']})"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Resumable results file (JSON lines, one finished run per line)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class ResultsFile:
-    """Append-only JSONL file of finished runs; a run is identified by the values of ``key_fields``."""
-
-    def __init__(self, path: str, key_fields: Sequence[str]) -> None:
-        if not key_fields:
-            raise ValueError("ResultsFile: key_fields must not be empty")
-        self.path = path
-        self.key_fields = tuple(key_fields)
-
-    def key(self, row: dict[str, Any]) -> tuple:
-        missing = [k for k in self.key_fields if k not in row]
-        if missing:
-            raise KeyError(f"ResultsFile: row lacks key field(s) {missing}")
-        return tuple(json.dumps(row[k], sort_keys=True) for k in self.key_fields)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """All rows; a truncated last line (a run killed mid-write) is ignored."""
-        if not os.path.exists(self.path):
-            return []
-        out = []
-        with open(self.path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return out
-
-    def done(self) -> set[tuple]:
-        return {self.key(r) for r in self.rows()}
-
-    def append(self, row: dict[str, Any]) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -145,20 +59,6 @@ def base_argv(dataset: str, size: int, epochs: int, seed: int, output: str, expe
         # Only the final epoch is read: evaluating it alone changes nothing in training (each epoch reseeds).
         "--eval-interval", str(epochs), "-vb", "256",
     ]
-
-
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """Mute timm's and timm-lap's info logs for the duration of a run, then restore their levels."""
-    loggers = [logging.getLogger(name) for name in ("timm", "timm_lap", "timm_lap.train")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 # The held-out transport is averaged over the first images of the (unshuffled) eval set: all of digits' 450,

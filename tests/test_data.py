@@ -410,3 +410,18 @@ def test_dataset_targets_subset_and_fallback():
     tensor_targets.targets = torch.tensor([1, 2])
     assert dataset_targets(tensor_targets) == [1, 2]
     assert dataset_num_classes(NoTargets([2, 0, 2])) == 3
+
+
+def test_with_label_noise_is_seeded_exact_and_never_keeps_the_true_class():
+    from timm_lap.data import class_balanced_subset, load_digits_dataset, with_label_noise
+
+    base = class_balanced_subset(load_digits_dataset("train"), 200, seed=3)
+    noisy = with_label_noise(base, 0.3, seed=5)
+    changed = [i for i, (a, b) in enumerate(zip(base.targets, noisy.targets)) if a != b]
+    assert len(changed) == 60
+    assert noisy.indices == base.indices and noisy.targets == with_label_noise(base, 0.3, seed=5).targets
+    assert noisy.targets != with_label_noise(base, 0.3, seed=6).targets
+    assert set(noisy.targets) <= set(base.targets)
+    assert with_label_noise(base, 0.0, seed=5).targets == base.targets
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        with_label_noise(base, 1.0)

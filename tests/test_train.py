@@ -221,3 +221,25 @@ def test_cli_dispatch(capsys):
     assert cli(["--help"]) == 0
     assert "train" in capsys.readouterr().out
     assert cli(["nope"]) == 2
+
+
+def test_fewer_samples_than_one_batch_is_a_clear_error(tmp_path):
+    # timm drops the last partial training batch: 120 images at -b 128 would train nothing, silently.
+    with pytest.raises(ValueError, match=r"fewer than one batch \(-b 128\).*use -b 120 or less"):
+        _run(tmp_path, "tiny", "--epochs", "1", "-b", "128")
+
+
+def test_label_noise_corrupts_training_labels_only(tmp_path):
+    result = _run(tmp_path, "noisy", "--epochs", "1", "--label-noise", "0.25")
+    train_ds = result["loader_train"].dataset
+    clean = [train_ds.dataset.targets[i] for i in train_ds.indices]
+    assert sum(a != b for a, b in zip(clean, train_ds.targets)) == 30  # 25 % of 120, each moved to another class
+    assert [train_ds[i][1] for i in range(5)] == train_ds.targets[:5]  # what the loader yields
+    assert not hasattr(result["loader_eval"].dataset, "indices")  # the evaluation split is untouched
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_bad_label_noise(value, capsys):
+    with pytest.raises(SystemExit):
+        parse_args([*DIGITS, "--label-noise", value])
+    assert "--label-noise must be a fraction in [0, 1)" in capsys.readouterr().err

@@ -347,6 +347,7 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str, method_order: Seq
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="timm-lap compare",
+        allow_abbrev=False,  # else `--seed 3` (a train flag) would silently set --seeds
         usage="timm-lap compare [COMPARE OPTIONS] TRAIN FLAGS...",
         description="Paired multi-seed comparison of vanilla training, LAP and a fixed-weight transport penalty. "
                     "Every flag not listed here goes to each `timm-lap train` run (--dataset, --model, --epochs, "

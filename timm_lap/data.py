@@ -518,6 +518,9 @@ class RelabelledSubset(BalancedSubset):
         sample, _ = self.dataset[self.indices[index]]
         return sample, self.targets[index]
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
+        return [self[i] for i in indices]
+
 
 def with_label_noise(dataset: Dataset, fraction: float, seed: int = 0) -> RelabelledSubset:
     """``dataset`` with a seeded ``fraction`` of its labels replaced by a different class, drawn uniformly.

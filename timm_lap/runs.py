@@ -189,6 +189,10 @@ def run_cells(cells: Sequence[Cell], results: ResultsFile, jobs: int = 1, thread
         counts["ran"] += 1
         progress.update(row)
 
+    def failed(cell: Cell) -> None:
+        print(f"{desc}: run failed ({cell.get('label', '')} seed {cell.get('seed', '')}); to see it alone: "
+              f"timm-lap train {' '.join(cell['argv'])}", file=sys.stderr, flush=True)
+
     def out_of_time() -> bool:
         return deadline is not None and time.monotonic() >= deadline
 
@@ -198,7 +202,12 @@ def run_cells(cells: Sequence[Cell], results: ResultsFile, jobs: int = 1, thread
                 if out_of_time():
                     counts["left"] = len(pending) - i
                     break
-                finish(cell, run_cell(cell["argv"], threads, transport_images))
+                try:
+                    metrics = run_cell(cell["argv"], threads, transport_images)
+                except Exception:
+                    failed(cell)
+                    raise
+                finish(cell, metrics)
             return counts
         # spawn: a fresh interpreter per worker (fork after torch has started threads is unsafe).
         context = multiprocessing.get_context("spawn")
@@ -214,7 +223,10 @@ def run_cells(cells: Sequence[Cell], results: ResultsFile, jobs: int = 1, thread
                         break
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        finish(running.pop(future), future.result())
+                        cell = running.pop(future)
+                        if future.exception() is not None:
+                            failed(cell)
+                        finish(cell, future.result())
             except BaseException:
                 for future in running:
                     future.cancel()
