@@ -1,23 +1,21 @@
-"""Shared code for the low-data benchmarks: one training cell, resumable results files, statistics, plots.
+"""Shared code for the benchmark scripts: the resnet10t recipe, presets over ``timm-lap compare``, report helpers.
 
-Every run goes through ``timm_lap.train.train`` (the project's training entry point). The only change made
-here is that the per-epoch ``curves.png`` plot of ``train`` is switched off (``train(..., plot=False)``): it
-costs about a second per epoch on CPU and nothing is read from it.
+Every run goes through ``timm_lap.runs.run_cell`` (``timm-lap train`` without the per-epoch plot); statistics and
+the resumable results file come from ``timm_lap.stats`` and ``timm_lap.runs``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Sequence
 
 
 __all__ = [
     "Cell", "ResultsFile", "base_argv", "deadline_after", "run_cell", "run_sweep", "t_interval", "paired_difference",
-    "spearman", "add_common_args", "default_out_dir", "format_ci",
+    "spearman", "add_common_args", "default_out_dir", "format_ci", "resnet10t_recipe", "preset_parser",
+    "run_compare_presets",
 ]
 
 Cell = dict[str, Any]
@@ -31,7 +29,7 @@ def default_out_dir(name: str) -> str:
 
 
 # Statistics and the resumable results file live in the package (``timm_lap.stats``, ``timm_lap.runs``).
-from timm_lap.runs import ResultsFile, _quiet_logs  # noqa: E402
+from timm_lap.runs import ResultsFile  # noqa: E402
 from timm_lap.stats import paired_difference, spearman, t_interval  # noqa: E402
 
 
@@ -47,18 +45,23 @@ def format_ci(ci: dict[str, float], digits: int = 2) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def base_argv(dataset: str, size: int, epochs: int, seed: int, output: str, experiment: str,
-              lr: float = 0.05, weight_decay: float = 5e-4) -> list[str]:
-    """The shared recipe (resnet10t, SGD + cosine, light crop augmentation) as ``timm-lap train`` arguments."""
+def resnet10t_recipe(dataset: str, lr: str = "0.05", weight_decay: str = "5e-4") -> list[str]:
+    """The shared recipe (resnet10t, SGD + cosine, light crop augmentation) as ``timm-lap train`` flags."""
     return [
-        "--dataset", dataset, "--model", "resnet10t", "--train-subset", str(size), "--epochs", str(epochs),
-        "-b", "32", "--opt", "sgd", "--lr", str(lr), "--momentum", "0.9", "--weight-decay", str(weight_decay),
-        "--sched", "cosine", "--warmup-epochs", "0", "--smoothing", "0", "--scale", "0.7", "1.0", "--hflip", "0",
-        "--color-jitter", "0", "--workers", "0", "--device", "cpu", "--seed", str(seed), "--output", output,
-        "--experiment", experiment, "--log-interval", "1000", "--checkpoint-hist", "1",
-        # Only the final epoch is read: evaluating it alone changes nothing in training (each epoch reseeds).
-        "--eval-interval", str(epochs), "-vb", "256",
+        "--dataset", dataset, "--model", "resnet10t", "-b", "32", "--opt", "sgd", "--lr", lr, "--momentum", "0.9",
+        "--weight-decay", weight_decay, "--sched", "cosine", "--warmup-epochs", "0", "--smoothing", "0",
+        "--scale", "0.7", "1.0", "--hflip", "0", "--color-jitter", "0", "--workers", "0", "--device", "cpu",
+        "--log-interval", "1000", "--checkpoint-hist", "1", "-vb", "256",
     ]
+
+
+def base_argv(dataset: str, size: int, epochs: int, seed: int, lr: float = 0.05,
+              weight_decay: float = 5e-4) -> list[str]:
+    """:func:`resnet10t_recipe` for one run: subset size, epochs (only the last evaluated) and seed."""
+    return resnet10t_recipe(dataset, str(lr), str(weight_decay)) + [
+        "--train-subset", str(size), "--epochs", str(epochs), "--seed", str(seed),
+        # Only the final epoch is read: evaluating it alone changes nothing in training (each epoch reseeds).
+        "--eval-interval", str(epochs)]
 
 
 # The held-out transport is averaged over the first images of the (unshuffled) eval set: all of digits' 450,
@@ -66,38 +69,16 @@ def base_argv(dataset: str, size: int, epochs: int, seed: int, output: str, expe
 TRANSPORT_IMAGES = 2048
 
 
-def run_cell(cell: Cell, extra: Sequence[str], workdir: str | None = None) -> dict[str, Any]:
-    """Train one cell and return its metrics; the run's output directory is deleted afterwards.
+def run_cell(cell: Cell, extra: Sequence[str]) -> dict[str, Any]:
+    """Train one cell with :func:`timm_lap.runs.run_cell`; ``cell`` needs dataset, size, epochs, seed (optional
+    lr, weight_decay), ``extra`` are further flags (``--lap`` ...)."""
+    from timm_lap.runs import run_cell as run
 
-    ``cell`` needs dataset, size, epochs, seed; optional lr, weight_decay. ``extra`` are further CLI flags
-    (``--lap`` ...). Returned: final test top-1 (%), test loss, held-out transport (first ``TRANSPORT_IMAGES`` eval
-    images), final lam, seconds.
-    """
-    import torch
-    from timm_lap.demo import validation_transport
-    from timm_lap.train import train
-    from timm_lap.train_args import parse_args
-
-    root = tempfile.mkdtemp(prefix="lapbench-", dir=workdir)
-    try:
-        argv = base_argv(cell["dataset"], cell["size"], cell["epochs"], cell["seed"], root, "run",
-                         lr=cell.get("lr", 0.05), weight_decay=cell.get("weight_decay", 5e-4)) + list(extra)
-        args, text = parse_args(argv)
-        start = time.perf_counter()
-        with _quiet_logs():
-            result = train(args, text, plot=False)
-        seconds = time.perf_counter() - start
-        last = result["rows"][-1]
-        loader = result["loader_eval"]
-        batch_size = getattr(loader, "loader", loader).batch_size  # timm's PrefetchLoader wraps a DataLoader
-        max_batches = -(-TRANSPORT_IMAGES // batch_size)
-        transport = validation_transport(result["model"], loader, max_batches)
-        return {"test_top1": float(last["eval_top1"]), "test_loss": float(last["eval_loss"]),
-                "test_transport": float(transport), "train_task_loss": float(last["task_loss"]),
-                "lam": result["lam"], "seconds": round(seconds, 2), "argv": " ".join(extra),
-                "eval_images": len(loader.dataset), "threads": torch.get_num_threads()}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    argv = base_argv(cell["dataset"], cell["size"], cell["epochs"], cell["seed"], lr=cell.get("lr", 0.05),
+                     weight_decay=cell.get("weight_decay", 5e-4)) + list(extra)
+    row = run(argv, transport_images=TRANSPORT_IMAGES)
+    row.pop("curves")
+    return {**row, "argv": " ".join(extra)}
 
 
 def deadline_after(minutes: float | None) -> float | None:
@@ -106,33 +87,61 @@ def deadline_after(minutes: float | None) -> float | None:
 
 
 def run_sweep(cells: Iterable[tuple[Cell, list[str]]], results: ResultsFile, desc: str,
-              deadline: float | None = None, workdir: str | None = None) -> dict[str, int]:
-    """Run every (cell, extra flags) not yet in ``results``, appending each row as it finishes.
+              deadline: float | None = None) -> dict[str, int]:
+    """Run every (cell, extra flags) not yet in ``results`` (through :func:`timm_lap.runs.run_cells`).
 
-    Stops launching new runs once ``time.monotonic()`` reaches ``deadline`` (the sweep stays resumable);
-    sweeps that share one deadline share one time budget. Returns {'ran', 'skipped', 'left'}.
+    Stops launching new runs once ``time.monotonic()`` reaches ``deadline`` (the sweep stays resumable).
+    Returns {'ran', 'skipped', 'left'}.
     """
-    from tqdm import tqdm
+    from timm_lap.runs import run_cells
 
-    todo = list(cells)
-    done = results.done()
-    pending = [(c, e) for c, e in todo if results.key(c) not in done]
-    counts = {"ran": 0, "skipped": len(todo) - len(pending), "left": 0}
-    bar = tqdm(total=len(todo), initial=counts["skipped"], desc=desc, unit="run")
-    for i, (cell, extra) in enumerate(pending):
-        if deadline is not None and time.monotonic() >= deadline:
-            counts["left"] = len(pending) - i
-            bar.write(f"{desc}: time limit (--stop-after) reached; {counts['left']} run(s) left, "
-                      "rerun the same command to resume")
-            break
-        row = dict(cell)
-        row.update(run_cell(cell, extra, workdir))
-        results.append(row)
-        counts["ran"] += 1
-        bar.set_postfix(top1=f"{row['test_top1']:.1f}", s=f"{row['seconds']:.0f}")
-        bar.update(1)
-    bar.close()
-    return counts
+    with_argv = [{**cell, "argv": base_argv(cell["dataset"], cell["size"], cell["epochs"], cell["seed"],
+                                            lr=cell.get("lr", 0.05), weight_decay=cell.get("weight_decay", 5e-4))
+                  + list(extra), "flags": " ".join(extra)} for cell, extra in cells]
+    return run_cells(with_argv, results, jobs=1, desc=desc, transport_images=TRANSPORT_IMAGES, deadline=deadline)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets over timm-lap compare
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def preset_parser(doc: str | None, name: str) -> argparse.ArgumentParser:
+    """--smoke/--quick, --out-dir, --jobs, --threads, --stop-after, --seeds, --report-only."""
+    parser = argparse.ArgumentParser(description=(doc or name).split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the preset that fits ~1 h on 2 CPU cores")
+    mode.add_argument("--smoke", action="store_true", help="one tiny cell end to end (CI)")
+    parser.add_argument("--out-dir", default=None, help=f"results (default benchmarks/results/{name}/)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    parser.add_argument("--stop-after", type=float, default=None, metavar="MIN",
+                        help="stop launching new runs after MIN minutes (resume later)")
+    parser.add_argument("--seeds", nargs="+", default=None, help="override the preset's seeds (numbers or 0-9)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild summaries and plots")
+    return parser
+
+
+def run_compare_presets(opts: argparse.Namespace, name: str, argvs: dict[str, list[str]]) -> dict[str, Any]:
+    """Run ``timm-lap compare`` once per entry (sub-folder name -> compare argv) under one ``--stop-after`` budget."""
+    from timm_lap import compare
+
+    out_dir = opts.out_dir or default_out_dir(name)
+    deadline = deadline_after(opts.stop_after)
+    counts = {"ran": 0, "skipped": 0, "left": 0}
+    results = {}
+    for sub, argv in argvs.items():
+        common = ["--out-dir", os.path.join(out_dir, sub), "--jobs", str(opts.jobs)]
+        common += [] if opts.threads is None else ["--threads", str(opts.threads)]
+        common += ["--report-only"] if opts.report_only else []
+        if deadline is not None:
+            common += ["--stop-after", str(max(0.0, (deadline - time.monotonic()) / 60.0))]
+        res = compare.main(common + argv)
+        for k in counts:
+            counts[k] += res["counts"][k]
+        results[sub] = res
+    return {"counts": counts, "results": {sub: r["results"] for sub, r in results.items()},
+            "files": {sub: r["files"] for sub, r in results.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -113,37 +113,37 @@ def _smoke(name: str, tmp_path, expected_runs: int, fields: tuple[str, ...], plo
     assert time.perf_counter() - start < 15.0
 
 
+def _compare_smoke(name: str, tmp_path, sub: str, expected_runs: int) -> list[dict]:
+    """A preset over timm-lap compare: its --smoke runs, then a rerun that runs nothing."""
+    module = _load(name)
+    argv = ["--smoke", "--out-dir", str(tmp_path), "--threads", "2"]
+    first = module.main(argv)
+    assert first["counts"] == {"ran": expected_runs, "skipped": 0, "left": 0}
+    rows = [json.loads(line) for line in open(first["results"][sub])]
+    assert len(rows) == expected_runs and all(0.0 <= r["test_top1"] <= 100.0 for r in rows)
+    for name_ in ("summary.md", "summary.json", "accuracy_vs_size.png"):
+        assert (tmp_path / sub / name_).stat().st_size > 0
+    assert module.main(argv)["counts"] == {"ran": 0, "skipped": expected_runs, "left": 0}
+    return rows
+
+
 @pytest.mark.slow
-def test_lowdata_smoke_and_resume(tmp_path):
-    _smoke("lowdata", tmp_path, 3, ("dataset", "size", "method", "seed", "epochs"), "accuracy_vs_size.png")
-    out = tmp_path / "lowdata"
-    summary = json.loads((out / "summary.json").read_text())
-    assert {e["method"] for e in summary} == {"vanilla", "lap", "fixed"}
-    assert all("diff_vs_vanilla" in e for e in summary if e["method"] != "vanilla")
+def test_lowdata_preset_smoke_and_resume(tmp_path):
+    rows = _compare_smoke("lowdata", tmp_path, "digits", 2 + 3)  # W selection (2 weights), then 3 methods
+    selection = [r for r in rows if r["phase"] == "selection"]
     # W was chosen on a part of the training split (269 of digits' 1347 images), never on the 450 test images.
-    selection = [json.loads(line) for line in open(out / "selection.jsonl")]
-    assert sorted(r["weight"] for r in selection) == [0.1, 1.0]
-    assert {r["eval_images"] for r in selection} == {269}
-    module = _load("lowdata")
-    best = module.choose_weights(module.selection_table(selection))[("sklearn/digits", 100)]
-    tests = [json.loads(line) for line in open(out / "runs.jsonl")]
-    assert {r["eval_images"] for r in tests} == {450}
+    assert sorted(r["weight"] for r in selection) == [0.1, 1.0] and {r["eval_images"] for r in selection} == {269}
+    tests = [r for r in rows if r["phase"] == "test"]
+    assert {r["eval_images"] for r in tests} == {450} and {r["label"] for r in tests} == {"vanilla", "lap", "fixed"}
+    best = max(selection, key=lambda r: (r["test_top1"], -r["weight"]))["weight"]
     assert [r["weight"] for r in tests if r["method"] == "fixed"] == [best]
-    assert "chosen W" in (out / "summary.md").read_text()
-
-
-def test_weight_choice_prefers_accuracy_then_smaller_weight():
-    module = _load("lowdata")
-    rows = [{"dataset": "d", "size": 100, "weight": w, "test_top1": acc}
-            for w, acc in [(0.01, 80.0), (0.1, 85.0), (1.0, 85.0), (0.1, 87.0), (1.0, 83.0)]]
-    table = module.selection_table(rows)
-    assert table[("d", 100)] == {0.01: 80.0, 0.1: 86.0, 1.0: 84.0}
-    assert module.choose_weights({("d", 1): {0.1: 50.0, 1.0: 50.0}}) == {("d", 1): 0.1}
+    assert "chosen" in (tmp_path / "digits" / "summary.md").read_text()
 
 
 @pytest.mark.slow
-def test_sensitivity_smoke_and_resume(tmp_path):
-    _smoke("sensitivity", tmp_path, 3, ("tau", "lambda0", "seed"), "sensitivity.png")
+def test_sensitivity_preset_smoke_and_resume(tmp_path):
+    rows = _compare_smoke("sensitivity", tmp_path, "digits", 3)
+    assert {r["label"] for r in rows} == {"vanilla", "lap:lambda0=0.1", "lap"}
 
 
 @pytest.mark.slow
@@ -155,12 +155,12 @@ def test_energy_bias_smoke_and_resume(tmp_path):
 
 
 def test_stop_after_leaves_sweep_resumable(tmp_path):
-    """A zero-minute limit launches nothing and reports every run as left."""
+    """A zero-minute limit launches nothing and reports every run of the first pass as left."""
     module = _load("lowdata")
     res = module.main(["--smoke", "--out-dir", str(tmp_path), "--stop-after", "0"])
-    # the W selection launched nothing, so the fixed-weight run is not even planned yet: vanilla and LAP are left
-    assert res["counts"]["ran"] == 0 and res["counts"]["left"] == 2
-    assert not (tmp_path / "selection.jsonl").exists()
+    # selection (2 weights) plus vanilla and LAP are left; the fixed-weight run waits for the selection
+    assert res["counts"]["ran"] == 0 and res["counts"]["left"] == 4
+    assert not (tmp_path / "digits" / "runs.jsonl").exists()
 
 
 def test_energy_bias_grid_varies_init_gain_lr_and_weight_decay():
@@ -171,3 +171,21 @@ def test_energy_bias_grid_varies_init_gain_lr_and_weight_decay():
         assert len({cell[key] for cell, _ in cells}) > 1, key
     flags = {cell["init_gain"]: extra for cell, extra in cells}
     assert flags[2.0][:2] == ["--init-gain", "2.0"] and "--init-gain" not in flags[1.0]
+
+
+@pytest.mark.slow
+def test_paper_regime_parts_smoke(tmp_path):
+    """benchmarks/paper_regime.py: each part's --smoke (digits, 1 epoch) end to end."""
+    module = _load("paper_regime")
+    common = ["--smoke", "--out-dir", str(tmp_path), "--jobs", "1"]
+    study = module.main(["study", *common])
+    labels = {r["label"] for r in map(json.loads, open(study["results"])) if r["phase"] == "test"}
+    assert labels == {"vanilla", "lap", "lap:tau=0.1", "lap:tau=10", "fixed"}
+    bias = module.main(["energy-bias", *common])
+    assert bias["runs"] == 4 and set(bias["by_lr"]) == {"0.03", "0.3"}
+    assert (tmp_path / "energy_bias" / "transport_vs_accuracy.png").stat().st_size > 0
+    adapt = module.main(["adapt", *common])
+    assert set(adapt) == {"0", "0.2", "0.4"} and all(v["lam"] > 1.0 for v in adapt.values())
+    assert (tmp_path / "adapt" / "adapt.png").stat().st_size > 0
+    noisy = [json.loads(line) for line in open(tmp_path / "adapt" / "noise_0.4" / "runs.jsonl")]
+    assert all("--label-noise 0.4" in r["flags"] for r in noisy)
