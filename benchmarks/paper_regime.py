@@ -4,6 +4,7 @@ Three parts, each resumable (rerun the same command; finished runs are skipped),
 ``benchmarks/results/paper_regime/`` (or ``--out-dir``):
 
     python benchmarks/paper_regime.py study        # vanilla / LAP tau 0.1, 1, 10 / fixed W: paired, 10 seeds
+    python benchmarks/paper_regime.py study --model preact_resnet20   # the same on the CIFAR-style ResNet-20
     python benchmarks/paper_regime.py energy-bias  # 36 vanilla runs: is low held-out transport a sign of accuracy?
     python benchmarks/paper_regime.py adapt        # LAP's lam and transport as the task gets harder (label noise)
 
@@ -26,14 +27,15 @@ DEFAULT_OUT = os.path.join(HERE, "results", "paper_regime")
 
 
 def paper_flags(smoke: bool = False, lr: str = "0.1", weight_decay: str = "1e-4", depth: int = 9,
-                width: int = 16) -> list[str]:
+                width: int = 16, model: str = "preact_flat9") -> list[str]:
     """``timm-lap train`` flags of the recipe (``smoke``: digits, a width-8 net, for tests).
 
     Numbers are strings so that the flags (part of each run's key in ``runs.jsonl``) stay exactly as written.
     """
     data = ["--dataset", "sklearn/digits"] if smoke else ["--dataset", "torch/fashion_mnist"]
     kwargs = [f"width={8 if smoke else width}"] + ([] if depth == 9 else [f"depth={depth}"])
-    return data + ["--model", "preact_flat9", "--model-kwargs", *kwargs,
+    model_flags = ["--model", model] + (["--model-kwargs", *kwargs] if model == "preact_flat9" else [])
+    return data + model_flags + [
                    "-b", "50", "-vb", "500", "--opt", "sgd", "--lr", lr, "--momentum", "0.9",
                    "--weight-decay", weight_decay, "--sched", "multistep", "--decay-milestones", "50", "75",
                    "--decay-rate", "0.1", "--warmup-epochs", "0", "--smoothing", "0", "--scale", "0.75", "1",
@@ -46,17 +48,22 @@ def paper_flags(smoke: bool = False, lr: str = "0.1", weight_decay: str = "1e-4"
 # ---------------------------------------------------------------------------------------------------------------
 
 
+STUDY_SIZES = {"preact_flat9": ["100:100", "300:100"], "preact_resnet20": ["100:100"]}
+
+
 def study(opts: argparse.Namespace) -> dict[str, Any]:
     from timm_lap import compare
 
-    sizes = ["100:1"] if opts.smoke else ["100:100", "300:100"]
+    sizes = ["100:1"] if opts.smoke else (opts.sizes or STUDY_SIZES[opts.model])
     seeds = ["0-1"] if opts.smoke else ["0-9"]
+    title = "preact_flat9 (width 16)" if opts.model == "preact_flat9" else opts.model
     return compare.main([
-        "--title", "Paper regime: preact_flat9 (width 16) on Fashion-MNIST",
+        "--title", f"Paper regime: {title} on Fashion-MNIST",
         "--methods", "vanilla", "lap", "lap:tau=0.1", "lap:tau=10", "fixed", "--weights", "0.01", "0.1", "1",
         "--sizes", *sizes, "--seeds", *seeds, "--select-seeds", "1000",
         "--val-from-train", "0.2" if opts.smoke else "2000", "--jobs", str(opts.jobs), "--threads", str(opts.threads),
-        "--out-dir", os.path.join(opts.out_dir, "study"), *paper_flags(opts.smoke)])
+        "--out-dir", os.path.join(opts.out_dir, "study" if opts.model == "preact_flat9" else f"study_{opts.model}"),
+        *paper_flags(opts.smoke, model=opts.model)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--jobs", type=int, default=2, help="parallel runs (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--smoke", action="store_true", help="a tiny version on digits, 1 epoch (CI)")
+    parser.add_argument("--model", choices=sorted(STUDY_SIZES), default="preact_flat9",
+                        help="study: the network (preact_flat9 at width 16, or preact_resnet20 at its widths)")
+    parser.add_argument("--sizes", nargs="+", default=None, metavar="N:EPOCHS", help="study: override the sizes")
     opts = parser.parse_args(argv)
     return {"study": study, "energy-bias": energy_bias, "adapt": adapt}[opts.part](opts)
 
