@@ -46,6 +46,7 @@ def test_parse_sizes_and_seeds():
     (["--sizes", "100:x", *TINY], "--sizes"),
     (["--sizes", "100", "--methods", "lap", "lap:tau=1", *TINY], "repeated method"),
     (["--sizes", "100", *TINY, "--lap-tau=2"], "--lap-tau is set by compare"),
+    (["--sizes", "100", "--method", "lap", *TINY], "unrecognized arguments: --method (neither a compare option"),
 ])
 def test_bad_command_lines_say_what_to_change(argv, match, capsys):
     with pytest.raises(SystemExit):

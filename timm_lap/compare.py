@@ -383,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan(opts: argparse.Namespace, train_flags: list[str], parser: argparse.ArgumentParser) -> Plan:
+    from .train_args import build_parser as build_train_parser
     from .train_args import parse_args
 
     for flag in train_flags:
@@ -407,6 +408,10 @@ def _plan(opts: argparse.Namespace, train_flags: list[str], parser: argparse.Arg
         parser.error("--jobs and --threads must be >= 1")
     if any(w < 0 for w in opts.weights):
         parser.error("--weights must be >= 0")
+    _, unknown = build_train_parser().parse_known_args(train_flags)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither a compare option nor a timm-lap train "
+                     "flag; see timm-lap compare --help and timm-lap train --help)")
     args, _ = parse_args(train_flags)  # the train flags' own errors, once, before any run
     if args.model.endswith("_lap"):
         parser.error(f"--model {args.model}: give the base model ({args.model[:-4]}); compare adds LAP per method")
