@@ -166,14 +166,17 @@ def adapt(opts: argparse.Namespace) -> dict[str, Any]:
     from timm_lap.runs import ResultsFile
 
     out_dir = os.path.join(opts.out_dir, "adapt")
-    size, seeds = ("100:1", "0-1") if opts.smoke else ("300:100", "0-2")
+    size, seeds = ("100:1", "0-1") if opts.smoke else ("300:100", opts.seeds or "0-2")
     rows: dict[float, list[dict[str, Any]]] = {}
+    diffs: dict[float, dict[str, float] | None] = {}
     for noise in NOISE_LEVELS:
         sub = os.path.join(out_dir, f"noise_{noise:g}")
         compare.main(["--title", f"LAP vs vanilla with {noise:.0%} training label noise", "--methods", "vanilla",
                       "lap", "--sizes", size, "--seeds", seeds, "--jobs", str(opts.jobs), "--threads",
                       str(opts.threads), "--out-dir", sub, *paper_flags(opts.smoke), "--label-noise", f"{noise:g}"])
         rows[noise] = ResultsFile(os.path.join(sub, "runs.jsonl"), compare.KEY_FIELDS).rows()
+        with open(os.path.join(sub, "summary.json")) as f:
+            diffs[noise] = next((e.get("diff_vs_vanilla") for e in json.load(f)["summary"] if e["label"] == "lap"), None)
     fig = Figure(figsize=(13, 3.8))
     ax_lam, ax_task, ax_tr = fig.subplots(1, 3)
     summary = {}
@@ -189,7 +192,7 @@ def adapt(opts: argparse.Namespace) -> dict[str, Any]:
         summary[f"{noise:g}"] = {"lam": mean(lap, "lam"), "lap_transport": mean(lap, "test_transport"),
                                  "vanilla_transport": mean(vanilla, "test_transport"),
                                  "lap_top1": mean(lap, "test_top1"), "vanilla_top1": mean(vanilla, "test_top1"),
-                                 "seeds": len(lap)}
+                                 "seeds": len(lap), "diff_vs_vanilla": diffs[noise]}
     xs = list(range(len(NOISE_LEVELS)))
     for key, label, marker in (("lap_transport", "LAP", "o"), ("vanilla_transport", "vanilla", "s")):
         ax_tr.plot(xs, [summary[f"{p:g}"][key] for p in NOISE_LEVELS], marker=marker, label=label)
@@ -206,12 +209,14 @@ def adapt(opts: argparse.Namespace) -> dict[str, Any]:
     fig.savefig(os.path.join(out_dir, "adapt.png"), dpi=110)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    lines = ["| label noise | seeds | final lam (LAP) | transport LAP | transport vanilla | top-1 LAP | top-1 vanilla |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| label noise | seeds | final lam (LAP) | transport LAP | transport vanilla | top-1 LAP | top-1 vanilla | "
+             "LAP - vanilla (pp) [95 % CI] |", "|---|---|---|---|---|---|---|---|"]
     for p in NOISE_LEVELS:
         s = summary[f"{p:g}"]
+        d = s["diff_vs_vanilla"]
+        diff = "-" if not d or d["n"] < 2 else f"{d['mean']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
         lines.append(f"| {p:.0%} | {s['seeds']} | {s['lam']:.1f} | {s['lap_transport']:.4f} | "
-                     f"{s['vanilla_transport']:.4f} | {s['lap_top1']:.2f} | {s['vanilla_top1']:.2f} |")
+                     f"{s['vanilla_transport']:.4f} | {s['lap_top1']:.2f} | {s['vanilla_top1']:.2f} | {diff} |")
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("# LAP and task difficulty (training label noise)\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -228,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--model", choices=sorted(STUDY_SIZES), default="preact_flat9",
                         help="study: the network (preact_flat9 at width 16, or preact_resnet20 at its widths)")
     parser.add_argument("--sizes", nargs="+", default=None, metavar="N:EPOCHS", help="study: override the sizes")
+    parser.add_argument("--seeds", default=None, metavar="RANGE", help="adapt: seeds (default 0-2)")
     opts = parser.parse_args(argv)
     return {"study": study, "energy-bias": energy_bias, "adapt": adapt}[opts.part](opts)
 

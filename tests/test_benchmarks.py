@@ -186,6 +186,7 @@ def test_paper_regime_parts_smoke(tmp_path):
     assert (tmp_path / "energy_bias" / "transport_vs_accuracy.png").stat().st_size > 0
     adapt = module.main(["adapt", *common])
     assert set(adapt) == {"0", "0.2", "0.4"} and all(v["lam"] > 1.0 for v in adapt.values())
+    assert all(v["diff_vs_vanilla"]["n"] == 2 for v in adapt.values())
     assert (tmp_path / "adapt" / "adapt.png").stat().st_size > 0
     noisy = [json.loads(line) for line in open(tmp_path / "adapt" / "noise_0.4" / "runs.jsonl")]
     assert all("--label-noise 0.4" in r["flags"] for r in noisy)
