@@ -451,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         wanted = {(n, e) for n, e in plan.sizes}
         if wanted <= set(selection):
             sweep([c for c in plan_cells(plan, selection) if c["label"] == "fixed"], "compare (fixed W)")
-    rows = [r for r in results.rows() if r["flags"] == " ".join(plan.flags)]
+    rows = [r for r in results.rows() if r.get("flags") == " ".join(plan.flags)]
     files = write_report(rows, opts.out_dir, order, opts.title)
     print(open(files["summary_md"]).read())
     return {"counts": counts, "files": files, "results": results.path}
