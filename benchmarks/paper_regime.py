@@ -48,6 +48,7 @@ def paper_flags(smoke: bool = False, lr: str = "0.1", weight_decay: str = "1e-4"
 # ---------------------------------------------------------------------------------------------------------------
 
 
+STUDY_METHODS = ["vanilla", "lap", "lap:tau=0.1", "lap:tau=10", "fixed"]
 STUDY_SIZES = {"preact_flat9": ["100:100", "300:100"], "preact_resnet20": ["100:100"]}
 
 
@@ -56,14 +57,15 @@ def study(opts: argparse.Namespace) -> dict[str, Any]:
 
     sizes = ["100:1"] if opts.smoke else (opts.sizes or STUDY_SIZES[opts.model])
     seeds = ["0-1"] if opts.smoke else ["0-9"]
-    title = "preact_flat9 (width 16)" if opts.model == "preact_flat9" else opts.model
+    title = f"preact_flat9 (width {opts.width})" if opts.model == "preact_flat9" else opts.model
+    folder = "study" if opts.model == "preact_flat9" else f"study_{opts.model}"
+    folder += "" if opts.width == 16 or opts.model != "preact_flat9" else f"_width{opts.width}"
     return compare.main([
         "--title", f"Paper regime: {title} on Fashion-MNIST",
-        "--methods", "vanilla", "lap", "lap:tau=0.1", "lap:tau=10", "fixed", "--weights", "0.01", "0.1", "1",
+        "--methods", *(opts.methods or STUDY_METHODS), "--weights", "0.01", "0.1", "1",
         "--sizes", *sizes, "--seeds", *seeds, "--select-seeds", "1000",
         "--val-from-train", "0.2" if opts.smoke else "2000", "--jobs", str(opts.jobs), "--threads", str(opts.threads),
-        "--out-dir", os.path.join(opts.out_dir, "study" if opts.model == "preact_flat9" else f"study_{opts.model}"),
-        *paper_flags(opts.smoke, model=opts.model)])
+        "--out-dir", os.path.join(opts.out_dir, folder), *paper_flags(opts.smoke, model=opts.model, width=opts.width)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -233,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--model", choices=sorted(STUDY_SIZES), default="preact_flat9",
                         help="study: the network (preact_flat9 at width 16, or preact_resnet20 at its widths)")
     parser.add_argument("--sizes", nargs="+", default=None, metavar="N:EPOCHS", help="study: override the sizes")
+    parser.add_argument("--width", type=int, default=16, help="study: preact_flat9's width (default 16)")
+    parser.add_argument("--methods", nargs="+", default=None, help=f"study: methods (default {' '.join(STUDY_METHODS)})")
     parser.add_argument("--seeds", default=None, metavar="RANGE", help="adapt: seeds (default 0-2)")
     opts = parser.parse_args(argv)
     return {"study": study, "energy-bias": energy_bias, "adapt": adapt}[opts.part](opts)
