@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 
 __all__ = [
-    "Cell", "ResultsFile", "base_argv", "deadline_after", "run_cell", "run_sweep", "t_interval", "paired_difference",
+    "Cell", "ResultsFile", "base_argv", "deadline_after", "run_sweep", "t_interval", "paired_difference",
     "spearman", "add_common_args", "default_out_dir", "format_ci", "resnet10t_recipe", "preset_parser",
     "run_compare_presets",
 ]
@@ -67,18 +67,6 @@ def base_argv(dataset: str, size: int, epochs: int, seed: int, lr: float = 0.05,
 # The held-out transport is averaged over the first images of the (unshuffled) eval set: all of digits' 450,
 # the first 2048 of Fashion-MNIST's 10k test images (a full pass would add ~17 s to each CPU run).
 TRANSPORT_IMAGES = 2048
-
-
-def run_cell(cell: Cell, extra: Sequence[str]) -> dict[str, Any]:
-    """Train one cell with :func:`timm_lap.runs.run_cell`; ``cell`` needs dataset, size, epochs, seed (optional
-    lr, weight_decay), ``extra`` are further flags (``--lap`` ...)."""
-    from timm_lap.runs import run_cell as run
-
-    argv = base_argv(cell["dataset"], cell["size"], cell["epochs"], cell["seed"], lr=cell.get("lr", 0.05),
-                     weight_decay=cell.get("weight_decay", 5e-4)) + list(extra)
-    row = run(argv, transport_images=TRANSPORT_IMAGES)
-    row.pop("curves")
-    return {**row, "argv": " ".join(extra)}
 
 
 def deadline_after(minutes: float | None) -> float | None:

@@ -30,6 +30,7 @@ from .tracker import _first_tensor, get_tracker, track, unwrap_model
 __all__ = [
     "draw_trajectories",
     "energy_profile",
+    "validation_transport",
     "plot_energy_profile",
     "plot_trajectories",
     "same_width_stages",
@@ -136,6 +137,12 @@ def energy_profile(
     if count == 0:
         raise ValueError("energy_profile: the loader yielded no sample.")
     return {name: total / count for name, total in sums.items()}
+
+
+def validation_transport(model: nn.Module, loader: Iterable[Any], max_batches: int | None = None) -> float:
+    """Mean transport cost of ``model`` over ``loader`` (at most ``max_batches``; eval mode, detached): the sum of
+    :func:`energy_profile` over blocks, the same way for any model."""
+    return sum(energy_profile(model, loader, max_batches=max_batches, progress=False).values())
 
 
 def _quiet(progress: bool) -> bool | None:

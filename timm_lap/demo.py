@@ -12,19 +12,11 @@ import os
 import time
 from typing import Any, Sequence
 
-import torch
-
-from .analysis import energy_profile
+from .analysis import validation_transport
 from .train import read_summary, train
 from .train_args import parse_args
 
 __all__ = ["main", "validation_transport"]
-
-
-def validation_transport(model: torch.nn.Module, loader, max_batches: int | None = None) -> float:
-    """Mean transport cost of ``model`` over ``loader`` (at most ``max_batches``; eval mode, detached),
-    the same way for any model."""
-    return sum(energy_profile(model, loader, max_batches=max_batches, progress=False).values())
 
 
 def _run(name: str, common: list[str], extra: list[str]) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def run_cell(argv: Sequence[str], threads: int | None = None, transport_images: 
     """
     import torch
 
-    from .analysis import energy_profile
+    from .analysis import validation_transport
     from .train import train
     from .train_args import parse_args
 
@@ -110,7 +110,7 @@ def run_cell(argv: Sequence[str], threads: int | None = None, transport_images: 
         loader = result["loader_eval"]
         batch_size = getattr(loader, "loader", loader).batch_size  # timm's PrefetchLoader wraps a DataLoader
         max_batches = -(-transport_images // batch_size)
-        transport = sum(energy_profile(result["model"], loader, max_batches=max_batches, progress=False).values())
+        transport = validation_transport(result["model"], loader, max_batches)
         curves = {key: [float(r[key]) for r in result["rows"]] for key in ("task_loss", "transport", "lap_lambda")}
         return {
             "test_top1": float(last["eval_top1"]), "test_loss": float(last["eval_loss"]),
