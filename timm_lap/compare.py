@@ -314,12 +314,15 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: str) -> str:
 
 
 def write_report(rows: Sequence[dict[str, Any]], out_dir: str, method_order: Sequence[str] = (),
-                 title: str = "timm-lap compare") -> dict[str, str]:
+                 title: str = "timm-lap compare",
+                 selection: dict[tuple[int, int], dict[str, Any]] | None = None) -> dict[str, str]:
     """summary.md, summary.json and (with matplotlib) accuracy_vs_size.png from the rows of ``runs.jsonl``.
 
-    Fixed-weight test rows count only with the W chosen for their size when a selection exists.
+    Fixed-weight test rows count only with the W chosen for their size when a selection exists; ``selection``
+    (from :func:`choose_weights`) defaults to one made from every selection row given.
     """
-    selection = choose_weights([r for r in rows if r.get("phase") == "selection"])
+    if selection is None:
+        selection = choose_weights([r for r in rows if r.get("phase") == "selection"])
     test_rows = [r for r in rows if r.get("phase", "test") == "test" and not (
         r["label"] == "fixed" and (r["n_train"], r["epochs"]) in selection
         and r["weight"] != selection[(r["n_train"], r["epochs"])]["weight"])]
@@ -431,12 +434,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     deadline = None if opts.stop_after is None else time.monotonic() + 60 * opts.stop_after
     counts = {"ran": 0, "skipped": 0, "left": 0}
     if opts.dry_run:
-        cells = selection_cells(plan) + plan_cells(plan, None)
+        selection_runs = selection_cells(plan)
+        cells = selection_runs + plan_cells(plan, None)
         for c in cells:
             print(f"{c['phase']:9s} {c['label']:16s} n={c['n_train']} seed={c['seed']}: timm-lap train "
                   + " ".join(c["argv"]))
-        print(f"{len(cells)} run(s){'; fixed-weight test runs follow the W selection' if selection_cells(plan) else ''}")
+        print(f"{len(cells)} run(s){'; fixed-weight test runs follow the W selection' if selection_runs else ''}")
         return {"cells": cells}
+    flags = " ".join(plan.flags)
+
+    def plan_selection(rows: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
+        """W per size from this plan's selection runs only (its flags, select seeds and W grid)."""
+        return choose_weights([r for r in rows if r.get("phase") == "selection" and r["flags"] == flags
+                               and r["seed"] in plan.select_seeds and r["weight"] in plan.weights])
+
     if not opts.report_only:
         def sweep(cells: list[dict[str, Any]], desc: str) -> None:
             got = run_cells(cells, results, opts.jobs, opts.threads, desc, opts.transport_images, deadline)
@@ -445,14 +456,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         # Selection first, in the same pool pass as every test run that does not wait for it.
         sweep(selection_cells(plan) + plan_cells(plan, None), "compare")
-        selection = choose_weights([r for r in results.rows() if r.get("phase") == "selection"
-                                    and r["flags"] == " ".join(plan.flags) and r["seed"] in plan.select_seeds
-                                    and r["weight"] in plan.weights])
-        wanted = {(n, e) for n, e in plan.sizes}
-        if wanted <= set(selection):
+        selection = plan_selection(results.rows())
+        if {(n, e) for n, e in plan.sizes} <= set(selection):
             sweep([c for c in plan_cells(plan, selection) if c["label"] == "fixed"], "compare (fixed W)")
-    rows = [r for r in results.rows() if r.get("flags") == " ".join(plan.flags)]
-    files = write_report(rows, opts.out_dir, order, opts.title)
+    rows = [r for r in results.rows() if r.get("flags") == flags]
+    files = write_report(rows, opts.out_dir, order, opts.title, plan_selection(rows))
     print(open(files["summary_md"]).read())
     return {"counts": counts, "files": files, "results": results.path}
 
