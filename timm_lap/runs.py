@@ -122,16 +122,6 @@ def run_cell(argv: Sequence[str], threads: int | None = None, transport_images: 
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _work(argv: Sequence[str], threads: int, transport_images: int) -> dict[str, Any]:
-    return run_cell(argv, threads, transport_images)
-
-
 class _Progress:
     """A tqdm bar on a terminal; otherwise one plain line per finished cell (logs and CI stay readable)."""
 
@@ -213,12 +203,12 @@ def run_cells(cells: Sequence[Cell], results: ResultsFile, jobs: int = 1, thread
         context = multiprocessing.get_context("spawn")
         queue = list(pending)
         running: dict[Future, Cell] = {}
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
             try:
                 while queue or running:
                     while queue and len(running) < jobs and not out_of_time():
                         cell = queue.pop(0)
-                        running[pool.submit(_work, cell["argv"], threads, transport_images)] = cell
+                        running[pool.submit(run_cell, cell["argv"], threads, transport_images)] = cell
                     if not running:
                         break
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
