@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from timm.utils import ModelEmaV3
 
 import timm_lap
+from timm_lap.grouped_energy import grouping
 from timm_lap.tracker import get_tracker
 
 from conftest import ResidualMLP
@@ -110,10 +111,7 @@ def test_records_only_in_training_with_autograd_unless_track_eval():
     assert len(tracker.per_block()) == 8 and not tracker.transport_cost().requires_grad
 
 
-def test_gradient_checkpointing_gives_same_transport_and_gradients():
-    model = _resnet()
-    tracker = timm_lap.track(model)
-    x = torch.randn(2, 3, 32, 32)
+def _checkpointing_results(model, tracker, x):
     results = []
     for ckpt in (False, True):
         model.set_grad_checkpointing(ckpt)
@@ -122,9 +120,31 @@ def test_gradient_checkpointing_gives_same_transport_and_gradients():
         cost = tracker.transport_cost()
         (cost + out.sum()).backward()
         results.append((cost.item(), [p.grad.clone() for p in model.parameters()]))
+    return results
+
+
+def test_gradient_checkpointing_gives_same_transport_and_gradients():
+    """One node per block (grouping off): checkpointing changes nothing, to float32 rounding of one order."""
+    model = _resnet()
+    tracker = timm_lap.track(model)
+    with grouping(0):
+        results = _checkpointing_results(model, tracker, torch.randn(2, 3, 32, 32))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_with_grouping_gives_same_transport_and_gradients():
+    """Checkpointed blocks get their own nodes, the others are grouped: equal up to float32 reassociation.
+
+    (This batch-2 resnet18 is ill-conditioned: its float32 and float64 gradients differ by about 4 %.)
+    """
+    model = _resnet()
+    tracker = timm_lap.track(model)
+    results = _checkpointing_results(model, tracker, torch.randn(2, 3, 32, 32))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
 
 
 def test_bf16_autocast_gives_float32_energies():

@@ -11,6 +11,7 @@ import torch.nn as nn
 from .blocks import BlockSelector, BlockSpec, find_blocks, select_blocks
 from .energy import block_energy, use_grad_taps
 from .grad_taps import TapRegistry
+from .grouped_energy import grouped_energies, grouping_budget
 
 __all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model"]
 
@@ -33,6 +34,13 @@ def _in_backward() -> bool:
     if torch.compiler.is_compiling():
         return False
     return torch._C._current_graph_task_id() != -1
+
+
+def _saved_tensor_hooks_active() -> bool:
+    # Inside non-reentrant checkpointing (or save_on_cpu and the like) the energy must be saved
+    # through those hooks, so it gets its own node right there instead of joining a later group.
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return True if top is None else top(False) is not None
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -87,7 +95,12 @@ class DisplacementTracker:
         self._model: nn.Module | None = model
         self._names = [s.name for s in specs]
         self._invalid: set[str] = set()
-        self._energies: dict[str, torch.Tensor] = {}
+        # Energies of the latest forward: (block names, differentiable vector of their energies).
+        self._energies: list[tuple[tuple[str, ...], torch.Tensor]] = []
+        # Blocks waiting to join one grouped energy node (see timm_lap.grouped_energy).
+        self._pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        self._pending_bytes = 0
+        self._group_budget: int | None = None  # decided at a forward's first block
         self._taps = TapRegistry()
         self._training_pass = False
         self._warned: set[str] = set()
@@ -114,22 +127,28 @@ class DisplacementTracker:
     def transport_cost(self) -> torch.Tensor:
         """Differentiable float32 transport cost (sum of block energies) of the latest forward."""
         self._check_alive()
-        values = list(self._energies.values())
-        if not values:
+        self._flush()
+        if not self._energies:
             param = next(self._model.parameters(), None)
             return torch.zeros((), dtype=torch.float32, device=param.device if param is not None else None)
-        if len(values) == 1:
-            return values[0]
-        return torch.stack(values).sum()
+        if len(self._energies) == 1:
+            return self._energies[0][1].sum()
+        return torch.cat([values for _, values in self._energies]).sum()
 
     def per_block(self) -> dict[str, torch.Tensor]:
         """Detached per-block energies of the latest forward, by block name."""
         self._check_alive()
-        return {name: e.detach() for name, e in self._energies.items()}
+        self._flush()
+        result: dict[str, torch.Tensor] = {}
+        for names, values in self._energies:
+            for name, value in zip(names, values.detach().unbind(0)):
+                result[name] = value if name not in result else result[name] + value
+        return result
 
     def reset(self) -> None:
         """Forget the recorded energies (a top-level forward does this by itself)."""
-        self._energies = {}
+        self._energies = []
+        self._clear_pending()
 
     def remove(self) -> None:
         """Remove every hook; the model then behaves exactly as if it was never tracked."""
@@ -141,7 +160,7 @@ class DisplacementTracker:
         if getattr(self._model, _TRACKER_ATTR, None) is self:
             delattr(self._model, _TRACKER_ATTR)
         self._model = None
-        self._energies = {}
+        self.reset()
 
     def __enter__(self) -> "DisplacementTracker":
         return self
@@ -156,9 +175,9 @@ class DisplacementTracker:
     # ------------------------------------------------------- copies & pickling
     def __getstate__(self) -> dict:
         # Recorded energies belong to one forward of one model: never copy them.
-        return {**self.__dict__, "_energies": {}, "_taps": TapRegistry()}
+        return {**self.__dict__, "_energies": [], "_pending": [], "_pending_bytes": 0, "_taps": TapRegistry()}
 
-    # ---------------------------------------------------------------- hooks
+    # ----------------------------------------------------------- forward pass
     def _check_alive(self) -> None:
         if self._model is None:
             raise RuntimeError(
@@ -169,25 +188,71 @@ class DisplacementTracker:
     def _start_pass(self, module: nn.Module, args: tuple) -> None:
         if _in_backward():
             return
-        self._energies = {}
+        self._energies = []
+        self._clear_pending()
+        self._group_budget = None
         self._taps.clear()
         self._training_pass = module.training and torch.is_grad_enabled()
 
     def _end_pass(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if _in_backward():
+            return
+        self._flush()
         self._training_pass = False
         self._taps.clear()
 
+    # ------------------------------------------------------------ grouping
+    def _clear_pending(self) -> None:
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _flush(self) -> None:
+        """Turn the pending blocks into grouped energy nodes (one per device)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._clear_pending()
+        device = pending[0][1].device
+        if any(out.device != device for _, out, _ in pending):  # a model split over devices
+            for dev in dict.fromkeys(out.device for _, out, _ in pending):
+                self._append_group([entry for entry in pending if entry[1].device == dev])
+        else:
+            self._append_group(pending)
+
+    def _append_group(self, pending: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
+        names = tuple(name for name, _, _ in pending)
+        values = grouped_energies([out for _, out, _ in pending], [shortcut for _, _, shortcut in pending])
+        self._energies.append((names, values))
+
+    def _add_pending(self, name: str, output: torch.Tensor, shortcut: torch.Tensor, budget: int) -> None:
+        self._pending.append((name, output, shortcut))
+        # Its backward materialises two float32 gradients: the output's and the shortcut's.
+        self._pending_bytes += 8 * output.numel()
+        if self._pending_bytes >= budget:
+            self._flush()
+
+    def _pass_budget(self, output: torch.Tensor) -> int:
+        """This forward's grouping budget: 0 where blocks need their own node (p != 2, compile, taps)."""
+        if self.p != 2.0 or torch.compiler.is_compiling() or use_grad_taps(output):
+            return 0
+        return grouping_budget()
+
+    # ------------------------------------------------------------ block hook
     def _record(self, hook: _BlockHook, module: nn.Module, output: Any, shortcut: torch.Tensor | None) -> None:
+        if not hook.checked and (hook.name in self._invalid or not self._check_block(hook, output, shortcut)):
+            return
         name = hook.name
-        if name in self._invalid:
-            return
-        if not hook.checked and not self._check_block(hook, output, shortcut):
-            return
         if module.training and torch.is_grad_enabled():
             if _in_backward():
                 # Gradient-checkpoint recomputation: the energy is computed again so that the
                 # recomputed graph saves the same tensors, but it was already counted.
                 block_energy(output, shortcut, self.p)
+                return
+            budget = self._group_budget
+            if budget is None:
+                budget = self._group_budget = self._pass_budget(output)
+            if budget and not _saved_tensor_hooks_active():
+                self._add_pending(name, output, shortcut, budget)
                 return
             taps = self._taps if use_grad_taps(output) else None  # block_energy uses them for p == 2 only
             energy = block_energy(output, shortcut, self.p, taps)
@@ -205,8 +270,9 @@ class DisplacementTracker:
                     "non-reentrant checkpointing (timm's default).",
                 )
             return
-        prev = self._energies.get(name)
-        self._energies[name] = energy if prev is None else prev + energy
+        # A block that is not grouped flushes the pending ones first: energies stay in forward order.
+        self._flush()
+        self._energies.append(((name,), energy.reshape(1)))
 
     def _check_block(self, hook: _BlockHook, output: Any, shortcut: torch.Tensor | None) -> bool:
         reason = None
