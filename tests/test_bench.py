@@ -124,10 +124,34 @@ def test_bench_cli_smoke(tmp_path, capsys):
     from timm_lap.bench import main
 
     out = tmp_path / "bench.json"
-    report = main(["--models", "resnet10t", "--repeats", "2", "--warmup", "1", "--batch-size", "4",
-                   "--img-size", "32", "--json", str(out)])
+    report = main(["--cases", "models", "--models", "resnet10t", "--repeats", "2", "--warmup", "1",
+                   "--batch-size", "4", "--img-size", "32", "--json", str(out)])
     assert out.exists()
     row = report["results"][0]
     assert set(row["time_s"]) == {"vanilla", "timm_lap", "naive"}
     assert row["saved_bytes_ratio"]["timm_lap"] < row["saved_bytes_ratio"]["naive"]
     assert "timm_lap" in capsys.readouterr().out
+
+
+def test_bench_per_block_case_reports_microseconds_per_block(capsys):
+    from timm_lap.bench import PER_BLOCK_DEPTH, main
+
+    report = main(["--cases", "per-block", "--repeats", "5", "--warmup", "1"])
+    (row,) = report["results"]
+    assert row["case"] == "per-block" and row["threads"] == 1 and row["blocks"] == PER_BLOCK_DEPTH
+    assert set(row["us_per_block"]) == {"bare_hook", "timm_lap", "timm_lap_ungrouped"}
+    # Grouping is what makes the per-block cost small: one node per block costs several times more.
+    assert row["time_s"]["timm_lap"]["median"] < row["time_s"]["timm_lap_ungrouped"]["median"]
+    assert "us/block" in capsys.readouterr().out
+
+
+def test_paper_specs_are_the_papers_shapes():
+    from timm_lap.bench import paper_specs
+    from timm_lap.blocks import find_blocks
+
+    flat, deep = paper_specs()
+    assert (flat.input_shape, flat.batch_size, deep.input_shape, deep.batch_size) == ((1, 28, 28), 32, (3, 32, 32), 64)
+    flat_model, deep_model = flat.create(), deep.create()
+    assert len(find_blocks(flat_model)[0]) == 9 and flat_model.num_features == 16
+    assert len(find_blocks(deep_model)[0]) == 27
+    assert flat_model(torch.randn(2, *flat.input_shape)).shape == (2, 10)

@@ -67,9 +67,9 @@ def grouping(nbytes: int) -> Iterator[None]:
         set_grouping_budget(previous)
 
 
-def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], all_float32: bool) -> list[torch.Tensor]:
     """``out_k - shortcut_k`` in float32 (new tensors), as :func:`timm_lap.energy.block_energy` forms it."""
-    if all(o.dtype == torch.float32 and s.dtype == torch.float32 for o, s in zip(outs, shortcuts)):
+    if all_float32:
         return list(torch._foreach_sub(outs, shortcuts))
     return [o.float() - s.float() for o, s in zip(outs, shortcuts)]
 
@@ -167,8 +167,9 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
         shortcuts = [tensors[i] for i in shortcut_index]
         ctx.indices = out_index, shortcut_index
         ctx.numels = tuple(o.numel() for o in outs)
+        ctx.all_float32 = all(t.dtype == torch.float32 for t in tensors)
         ctx.save_for_backward(*tensors)
-        norms = torch.stack(torch._foreach_norm(_displacements(outs, shortcuts)))
+        norms = torch.stack(torch._foreach_norm(_displacements(outs, shortcuts, ctx.all_float32)))
         return norms.square_().mul_(_per_block_scale(ctx.numels, 1.0, norms))
 
     @staticmethod
@@ -176,14 +177,14 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         tensors = ctx.saved_tensors  # also checks that nothing was modified in place since the forward
         out_index, shortcut_index = ctx.indices
-        d = _displacements([tensors[i] for i in out_index], [tensors[i] for i in shortcut_index])
+        d = _displacements([tensors[i] for i in out_index], [tensors[i] for i in shortcut_index], ctx.all_float32)
         coef = grad * _per_block_scale(ctx.numels, 2.0, d[0])
         torch._foreach_mul_(d, coef.unbind(0))
         grads = _gradient_plan(out_index, shortcut_index, len(tensors)).gradients(d, len(tensors))
         needs = ctx.needs_input_grad[2:]
-        return (None, None, *(
-            _as(g, t.dtype) if need and g is not None else None for g, t, need in zip(grads, tensors, needs)
-        ))
+        if not (ctx.all_float32 and all(needs)):
+            grads = [_as(g, t.dtype) if need and g is not None else None for g, t, need in zip(grads, tensors, needs)]
+        return (None, None, *grads)
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

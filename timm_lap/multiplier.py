@@ -93,7 +93,7 @@ class MultiplierScheduler:
         if task_loss is not None:
             value = torch.as_tensor(task_loss, dtype=torch.float64, device=self._lam.device)
         elif self._pending_count:
-            value = self._pending_sum / self._pending_count
+            value = self._pending_sum if self._pending_count == 1 else self._pending_sum / self._pending_count
         else:
             return
         self._pending_sum, self._pending_count = None, 0
@@ -102,7 +102,7 @@ class MultiplierScheduler:
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
             value /= dist.get_world_size()
         finite = torch.isfinite(value)
-        self._lam.add_(torch.where(finite, value * self.tau, torch.zeros_like(value)))
+        self._lam.add_(torch.where(finite, value * self.tau, 0.0))
         torch.reciprocal(self._lam, out=self._inverse_lam)
         self._nonfinite.logical_or_(~finite)
         self._report_nonfinite()

@@ -36,11 +36,13 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+_top_saved_tensors_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
+
 def _saved_tensor_hooks_active() -> bool:
     # Inside non-reentrant checkpointing (or save_on_cpu and the like) the energy must be saved
     # through those hooks, so it gets its own node right there instead of joining a later group.
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    return True if top is None else top(False) is not None
+    return True if _top_saved_tensors_hooks is None else _top_saved_tensors_hooks(False) is not None
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -65,7 +67,12 @@ class _BlockHook:
         self.captured = output
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        shortcut = self.captured if self.has_projection else _first_tensor(args, kwargs)
+        if self.has_projection:
+            shortcut = self.captured
+        elif args and isinstance(args[0], torch.Tensor):
+            shortcut = args[0]
+        else:
+            shortcut = _first_tensor(args, kwargs)
         self.captured = None
         self.tracker._record(self, module, output, shortcut)
 
@@ -224,13 +231,6 @@ class DisplacementTracker:
         values = grouped_energies([out for _, out, _ in pending], [shortcut for _, _, shortcut in pending])
         self._energies.append((names, values))
 
-    def _add_pending(self, name: str, output: torch.Tensor, shortcut: torch.Tensor, budget: int) -> None:
-        self._pending.append((name, output, shortcut))
-        # Its backward materialises two float32 gradients: the output's and the shortcut's.
-        self._pending_bytes += 8 * output.numel()
-        if self._pending_bytes >= budget:
-            self._flush()
-
     def _pass_budget(self, output: torch.Tensor) -> int:
         """This forward's grouping budget: 0 where blocks need their own node (p != 2, compile, taps)."""
         if self.p != 2.0 or torch.compiler.is_compiling() or use_grad_taps(output):
@@ -243,16 +243,21 @@ class DisplacementTracker:
             return
         name = hook.name
         if module.training and torch.is_grad_enabled():
+            budget = self._group_budget
+            if budget is None:
+                budget = self._group_budget = self._pass_budget(output)
+            # The hot path: a positive budget already means eager mode; the two checks are C calls.
+            if budget and torch._C._current_graph_task_id() == -1 and not _saved_tensor_hooks_active():
+                self._pending.append((name, output, shortcut))
+                # Its backward materialises two float32 gradients: the output's and the shortcut's.
+                self._pending_bytes += 8 * output.numel()
+                if self._pending_bytes >= budget:
+                    self._flush()
+                return
             if _in_backward():
                 # Gradient-checkpoint recomputation: the energy is computed again so that the
                 # recomputed graph saves the same tensors, but it was already counted.
                 block_energy(output, shortcut, self.p)
-                return
-            budget = self._group_budget
-            if budget is None:
-                budget = self._group_budget = self._pass_budget(output)
-            if budget and not _saved_tensor_hooks_active():
-                self._add_pending(name, output, shortcut, budget)
                 return
             taps = self._taps if use_grad_taps(output) else None  # block_energy uses them for p == 2 only
             energy = block_energy(output, shortcut, self.p, taps)
