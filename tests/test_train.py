@@ -71,7 +71,9 @@ def test_unsupported_timm_flag_is_rejected_by_name(flag, capsys):
 
 @pytest.mark.parametrize("flags,match", [(["--lap-tau", "-1"], "--lap-tau must be >= 0"),
                                          (["--lap-every", "0"], "--lap-every must be >= 1"),
-                                         (["--train-subset", "0"], "--train-subset must be >= 1")])
+                                         (["--train-subset", "0"], "--train-subset must be >= 1"),
+                                         (["--lap-sample", "0"], "--lap-sample must be a fraction in (0, 1]"),
+                                         (["--lap-sample", "1.5"], "--lap-sample must be a fraction in (0, 1]")])
 def test_bad_lap_flags(flags, match, capsys):
     with pytest.raises(SystemExit):
         parse_args(flags)
@@ -105,6 +107,22 @@ def test_resume_continues_exactly(tmp_path):
     b = (Path(resumed["output_dir"]) / "summary.csv").read_text()
     assert a == b
     assert resumed["lam"] == full["lam"]
+
+
+@pytest.mark.slow
+def test_sampled_transport_with_other_p_resumes_exactly(tmp_path):
+    """--lap-sample draws restart from (seed, epoch) every epoch, so a resume repeats them; --lap-p reaches the loss."""
+    flags = ("--epochs", "3", "--lap", "--lap-sample", "0.25", "--lap-p", "1.5")
+    full = _run(tmp_path / "a", "run", *flags)
+    tracker = get_tracker(full["model"])
+    assert (tracker.sample, tracker.p) == (0.25, 1.5)
+    part = _run(tmp_path / "b", "run", *flags, stop_after=1)
+    resumed = _run(tmp_path / "b", "run", *flags, "--resume", str(Path(part["output_dir"]) / "last.pth.tar"))
+    a = (Path(full["output_dir"]) / "summary.csv").read_text()
+    assert a == (Path(resumed["output_dir"]) / "summary.csv").read_text()
+    exact = _run(tmp_path / "c", "run", "--epochs", "3", "--lap", "--lap-p", "1.5")
+    assert read_summary(Path(exact["output_dir"]) / "summary.csv")[0]["transport"] != read_summary(
+        Path(full["output_dir"]) / "summary.csv")[0]["transport"]
 
 
 @pytest.mark.slow

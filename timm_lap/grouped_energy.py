@@ -77,18 +77,21 @@ def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tenso
 _scale_cache: dict[tuple, torch.Tensor] = {}
 
 
-def _per_block_scale(numels: tuple[int, ...], factor: float, like: torch.Tensor) -> torch.Tensor:
-    """The float32 vector ``factor / numel_k`` on ``like``'s device, made once per layout.
+def _per_block_scale(numels: tuple[int, ...], weights: tuple[float, ...] | None, factor: float,
+                     like: torch.Tensor) -> torch.Tensor:
+    """The float32 vector ``factor * weight_k / numel_k`` on ``like``'s device, made once per layout.
 
     Cached because building it from a Python list on a GPU is a host-to-device copy, which waits
     for the device; a network's block sizes are the same from one step to the next.
     """
-    key = (numels, factor, like.device)
+    key = (numels, weights, factor, like.device)
     scale = _scale_cache.get(key)
     if scale is None:
-        if len(_scale_cache) > 256:  # changing batch sizes: keep the cache small
+        if len(_scale_cache) > 256:  # changing batch sizes or sampled chunks: keep the cache small
             _scale_cache.clear()
-        scale = torch.tensor([factor / max(n, 1) for n in numels], dtype=torch.float32).to(like.device)
+        weights = weights or (1.0,) * len(numels)
+        values = [factor * w / max(n, 1) for n, w in zip(numels, weights)]
+        scale = torch.tensor(values, dtype=torch.float32).to(like.device)
         _scale_cache[key] = scale
     return scale
 
@@ -162,15 +165,19 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
     """``[mean((out_k - shortcut_k)^2)]_k`` over distinct input tensors; backward recomputes the displacements."""
 
     @staticmethod
-    def forward(ctx, out_index: tuple[int, ...], shortcut_index: tuple[int, ...], *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, out_index: tuple[int, ...], shortcut_index: tuple[int, ...], weights: tuple[float, ...] | None,
+        *tensors: torch.Tensor,
+    ) -> torch.Tensor:
         outs = [tensors[i] for i in out_index]
         shortcuts = [tensors[i] for i in shortcut_index]
         ctx.indices = out_index, shortcut_index
         ctx.numels = tuple(o.numel() for o in outs)
+        ctx.weights = weights
         ctx.all_float32 = all(t.dtype == torch.float32 for t in tensors)
         ctx.save_for_backward(*tensors)
         norms = torch.stack(torch._foreach_norm(_displacements(outs, shortcuts, ctx.all_float32)))
-        return norms.square_().mul_(_per_block_scale(ctx.numels, 1.0, norms))
+        return norms.square_().mul_(_per_block_scale(ctx.numels, weights, 1.0, norms))
 
     @staticmethod
     @once_differentiable
@@ -178,36 +185,41 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
         tensors = ctx.saved_tensors  # also checks that nothing was modified in place since the forward
         out_index, shortcut_index = ctx.indices
         d = _displacements([tensors[i] for i in out_index], [tensors[i] for i in shortcut_index], ctx.all_float32)
-        coef = grad * _per_block_scale(ctx.numels, 2.0, d[0])
+        coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, d[0])
         torch._foreach_mul_(d, coef.unbind(0))
         grads = _gradient_plan(out_index, shortcut_index, len(tensors)).gradients(d, len(tensors))
-        needs = ctx.needs_input_grad[2:]
+        needs = ctx.needs_input_grad[3:]
         if not (ctx.all_float32 and all(needs)):
             grads = [_as(g, t.dtype) if need and g is not None else None for g, t, need in zip(grads, tensors, needs)]
-        return (None, None, *grads)
+        return (None, None, None, *grads)
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def grouped_energies(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Differentiable vector of the K blocks' ``mean((out - shortcut)^2)``, one autograd node for all.
+def grouped_energies(
+    outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+) -> torch.Tensor:
+    """Differentiable vector of the K blocks' ``weight_k * mean((out - shortcut)^2)``, one autograd node for all.
 
     All tensors must be on one device; each pair must have one shape. The result is float32.
+    ``weights`` (default all 1) scales each block's energy (the sampled estimate's chunk weight).
     """
     if len(outs) != len(shortcuts) or not outs:
         raise ValueError(
             f"grouped_energies needs as many outputs as shortcuts (>= 1); got {len(outs)} and {len(shortcuts)}."
         )
-    position: dict[int, int] = {}
-    distinct: list[torch.Tensor] = []
-    indices = []
-    for tensor in (*outs, *shortcuts):
-        i = position.get(id(tensor))
-        if i is None:
-            i = position[id(tensor)] = len(distinct)
-            distinct.append(tensor)
-        indices.append(i)
+    tensors = (*outs, *shortcuts)
+    ids = [id(t) for t in tensors]
+    by_id = dict(zip(ids, tensors))  # distinct tensors, in order of first appearance
+    position = {key: i for i, key in enumerate(by_id)}
+    indices = [position[key] for key in ids]
     k = len(outs)
-    return _GroupedSquaredDisplacementMeans.apply(tuple(indices[:k]), tuple(indices[k:]), *distinct)
+    if weights is not None:
+        weights = tuple(float(w) for w in weights)
+        if len(weights) != k:
+            raise ValueError(f"grouped_energies needs one weight per block; got {len(weights)} for {k} blocks.")
+        if all(w == 1.0 for w in weights):
+            weights = None
+    return _GroupedSquaredDisplacementMeans.apply(tuple(indices[:k]), tuple(indices[k:]), weights, *by_id.values())

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn as nn
 
+from .sampling import validate_sample
 from .tracker import DisplacementTracker, track
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ class LeastActionLoss(nn.Module):
     ``loss = criterion(output, target) + transport / lam``, where ``lam`` comes from an
     attached :class:`~timm_lap.MultiplierScheduler` (``lam0 = 1`` until one is attached).
     With ``weight=w`` (and no scheduler) it is the fixed-weight regulariser
-    ``task + w * transport``.
+    ``task + w * transport``. ``sample=f`` estimates the transport from a seeded random
+    fraction ``f`` of each batch (unbiased; see :func:`timm_lap.track`).
 
     After each call, ``task_loss``, ``transport`` and ``lam`` hold detached tensors for logging.
     """
@@ -31,6 +33,7 @@ class LeastActionLoss(nn.Module):
         criterion: Callable[[Any, Any], torch.Tensor],
         model_or_tracker: nn.Module | DisplacementTracker,
         weight: float | None = None,
+        sample: float | None = None,
     ) -> None:
         super().__init__()
         if not callable(criterion):
@@ -39,9 +42,14 @@ class LeastActionLoss(nn.Module):
             raise ValueError(f"weight must be a finite number >= 0 (or None to use the multiplier); got {weight!r}.")
         self.criterion = criterion
         if isinstance(model_or_tracker, DisplacementTracker):
+            if sample is not None and validate_sample(sample) != model_or_tracker.sample:
+                raise ValueError(
+                    f"sample={sample!r} differs from the tracker's sample={model_or_tracker.sample!r}; pass sample= "
+                    "to timm_lap.track() when you create the tracker, or pass the model here instead."
+                )
             self.tracker = model_or_tracker
         elif isinstance(model_or_tracker, nn.Module):
-            self.tracker = track(model_or_tracker)
+            self.tracker = track(model_or_tracker, sample=sample)
         else:
             raise TypeError(
                 "LeastActionLoss needs the model (or its DisplacementTracker) as second argument; "
@@ -70,9 +78,9 @@ class LeastActionLoss(nn.Module):
         if self.scheduler is not None:
             if task.requires_grad:
                 self.scheduler.observe(task)
-            total = task + transport * self.scheduler.inverse_lam
+            total = torch.addcmul(task, transport, self.scheduler.inverse_lam)
         elif self.weight is not None:
-            total = task + transport * self.weight
+            total = torch.add(task, transport, alpha=self.weight)
         else:
             total = task + transport  # lam0 = 1
         self.task_loss = task.detach()
@@ -81,4 +89,5 @@ class LeastActionLoss(nn.Module):
 
     def extra_repr(self) -> str:
         mode = "multiplier" if self.weight is None else f"weight={self.weight}"
-        return f"{mode}, p={self.tracker.p}, blocks={len(self.tracker.blocks)}"
+        sample = "" if self.tracker.sample is None else f", sample={self.tracker.sample}"
+        return f"{mode}, p={self.tracker.p}, blocks={len(self.tracker.blocks)}{sample}"

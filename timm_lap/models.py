@@ -51,8 +51,9 @@ def _make_entrypoint(base: str, name: str) -> Callable[..., nn.Module]:
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         blocks = kwargs.pop("lap_blocks", None)
         p = kwargs.pop("lap_p", 2.0)
+        sample = kwargs.pop("lap_sample", None)
         model = base_fn(pretrained=pretrained, **kwargs)
-        track(model, blocks=blocks, p=p)
+        track(model, blocks=blocks, p=p, sample=sample)
         cfg = getattr(model, "pretrained_cfg", None)
         if isinstance(cfg, dict):
             model.pretrained_cfg = model.default_cfg = {**cfg, "architecture": name}
@@ -62,7 +63,8 @@ def _make_entrypoint(base: str, name: str) -> Callable[..., nn.Module]:
     entrypoint.__module__ = __name__
     entrypoint.__doc__ = (
         f"timm `{base}` with least-action displacement tracking (timm_lap). "
-        "Extra kwargs: lap_p (default 2.0), lap_blocks (names/globs)."
+        "Extra kwargs: lap_p (default 2.0), lap_blocks (names/globs), lap_sample (fraction of each batch, "
+        "default None: exact)."
     )
     return entrypoint
 

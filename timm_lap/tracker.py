@@ -12,6 +12,7 @@ from .blocks import BlockSelector, BlockSpec, find_blocks, select_blocks
 from .energy import block_energy, use_grad_taps
 from .grad_taps import TapRegistry
 from .grouped_energy import grouped_energies, grouping_budget
+from .sampling import RowSample, validate_sample
 
 __all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model"]
 
@@ -95,9 +96,13 @@ class DisplacementTracker:
         skipped: dict[str, str],
         p: float = 2.0,
         track_eval: bool = False,
+        sample: float | None = None,
+        sample_seed: int = 0,
     ) -> None:
         self.p = float(p)
         self.track_eval = bool(track_eval)
+        self.sample = validate_sample(sample)
+        self._sampler = RowSample(self.sample, sample_seed) if self.sample is not None else None
         self.skipped: dict[str, str] = dict(skipped)
         self._model: nn.Module | None = model
         self._names = [s.name for s in specs]
@@ -105,7 +110,7 @@ class DisplacementTracker:
         # Energies of the latest forward: (block names, differentiable vector of their energies).
         self._energies: list[tuple[tuple[str, ...], torch.Tensor]] = []
         # Blocks waiting to join one grouped energy node (see timm_lap.grouped_energy).
-        self._pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        self._pending: list[tuple[str, torch.Tensor, torch.Tensor, float]] = []
         self._pending_bytes = 0
         self._group_budget: int | None = None  # decided at a forward's first block
         self._taps = TapRegistry()
@@ -152,6 +157,11 @@ class DisplacementTracker:
                 result[name] = value if name not in result else result[name] + value
         return result
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random draws of ``sample=`` from ``seed`` (no effect on the exact transport)."""
+        if self._sampler is not None:
+            self._sampler.reseed(seed)
+
     def reset(self) -> None:
         """Forget the recorded energies (a top-level forward does this by itself)."""
         self._energies = []
@@ -177,7 +187,8 @@ class DisplacementTracker:
 
     def __repr__(self) -> str:
         state = "removed" if self._model is None else f"{len(self.blocks)} blocks"
-        return f"DisplacementTracker({state}, p={self.p}, track_eval={self.track_eval})"
+        sample = "" if self.sample is None else f", sample={self.sample}"
+        return f"DisplacementTracker({state}, p={self.p}, track_eval={self.track_eval}{sample})"
 
     # ------------------------------------------------------- copies & pickling
     def __getstate__(self) -> dict:
@@ -198,6 +209,8 @@ class DisplacementTracker:
         self._energies = []
         self._clear_pending()
         self._group_budget = None
+        if self._sampler is not None:
+            self._sampler.new_pass()
         self._taps.clear()
         self._training_pass = module.training and torch.is_grad_enabled()
 
@@ -205,6 +218,8 @@ class DisplacementTracker:
         if _in_backward():
             return
         self._flush()
+        if self._sampler is not None:
+            self._sampler.end_pass()
         self._training_pass = False
         self._taps.clear()
 
@@ -220,20 +235,23 @@ class DisplacementTracker:
             return
         self._clear_pending()
         device = pending[0][1].device
-        if any(out.device != device for _, out, _ in pending):  # a model split over devices
-            for dev in dict.fromkeys(out.device for _, out, _ in pending):
+        if any(entry[1].device != device for entry in pending):  # a model split over devices
+            for dev in dict.fromkeys(entry[1].device for entry in pending):
                 self._append_group([entry for entry in pending if entry[1].device == dev])
         else:
             self._append_group(pending)
 
-    def _append_group(self, pending: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
-        names = tuple(name for name, _, _ in pending)
-        values = grouped_energies([out for _, out, _ in pending], [shortcut for _, _, shortcut in pending])
+    def _append_group(self, pending: list[tuple[str, torch.Tensor, torch.Tensor, float]]) -> None:
+        names = tuple(entry[0] for entry in pending)
+        weights = [entry[3] for entry in pending] if self._sampler is not None else None
+        values = grouped_energies([entry[1] for entry in pending], [entry[2] for entry in pending], weights)
         self._energies.append((names, values))
 
     def _pass_budget(self, output: torch.Tensor) -> int:
         """This forward's grouping budget: 0 where blocks need their own node (p != 2, compile, taps)."""
-        if self.p != 2.0 or torch.compiler.is_compiling() or use_grad_taps(output):
+        if self.p != 2.0 or torch.compiler.is_compiling():
+            return 0
+        if use_grad_taps(output) and self._sampler is None:  # the taps measure whole tensors
             return 0
         return grouping_budget()
 
@@ -248,7 +266,10 @@ class DisplacementTracker:
                 budget = self._group_budget = self._pass_budget(output)
             # The hot path: a positive budget already means eager mode; the two checks are C calls.
             if budget and torch._C._current_graph_task_id() == -1 and not _saved_tensor_hooks_active():
-                self._pending.append((name, output, shortcut))
+                weight = 1.0
+                if self._sampler is not None:
+                    output, shortcut, weight = self._sampler.apply(output, shortcut)
+                self._pending.append((name, output, shortcut, weight))
                 # Its backward materialises two float32 gradients: the output's and the shortcut's.
                 self._pending_bytes += 8 * output.numel()
                 if self._pending_bytes >= budget:
@@ -259,8 +280,17 @@ class DisplacementTracker:
                 # recomputed graph saves the same tensors, but it was already counted.
                 block_energy(output, shortcut, self.p)
                 return
-            taps = self._taps if use_grad_taps(output) else None  # block_energy uses them for p == 2 only
+            weight = 1.0
+            # Measured exactly: compiled blocks (a draw would be frozen into the graph; the compiled exact
+            # transport costs about nothing) and blocks inside gradient checkpointing (their recomputation
+            # cannot know which rows the original forward drew).
+            if self._sampler is not None and not torch.compiler.is_compiling() and not _saved_tensor_hooks_active():
+                output, shortcut, weight = self._sampler.apply(output, shortcut)
+            # block_energy uses the taps for p == 2 only; they measure whole tensors, so not with sample=.
+            taps = self._taps if self._sampler is None and use_grad_taps(output) else None
             energy = block_energy(output, shortcut, self.p, taps)
+            if weight != 1.0:
+                energy = energy * weight
         elif self.track_eval:
             if _in_backward():
                 return
@@ -322,6 +352,8 @@ def track(
     blocks: Sequence[BlockSelector] | BlockSelector | None = None,
     p: float = 2.0,
     track_eval: bool = False,
+    sample: float | None = None,
+    sample_seed: int = 0,
 ) -> DisplacementTracker:
     """Attach a :class:`DisplacementTracker` to ``model`` (at most one per model).
 
@@ -331,19 +363,25 @@ def track(
             (``'layer*.*'``; ``*`` stays within one dotted component, ``**`` crosses them) or module objects.
         p: exponent of the displacement norm (2 = kinetic energy).
         track_eval: also record (detached) energies in eval mode or without autograd.
+        sample: None (exact, the default) or a fraction f in (0, 1]: each training forward measures one
+            seeded random chunk of ``ceil(f * batch)`` rows, weighted so that the transport and its gradient
+            keep their exact expectation (:mod:`timm_lap.sampling`). Eager mode only: under torch.compile and
+            inside gradient checkpointing the blocks are measured exactly.
+        sample_seed: seed of those draws (``tracker.reseed(seed)`` restarts them).
     """
     p = _validate_p(p)
+    sample = validate_sample(sample)
     if not isinstance(model, nn.Module):
         raise TypeError(f"track() needs an nn.Module; got {type(model).__name__}.")
     base = unwrap_model(model)
     existing = get_tracker(base)
     if existing is not None:
-        if blocks is None and p == existing.p and bool(track_eval) == existing.track_eval:
+        if blocks is None and p == existing.p and bool(track_eval) == existing.track_eval and sample == existing.sample:
             return existing
         raise ValueError(
             f"{type(base).__name__} is already tracked (p={existing.p}, track_eval={existing.track_eval}, "
-            f"{len(existing.blocks)} blocks). Call timm_lap.get_tracker(model).remove() before tracking it "
-            "with other settings."
+            f"sample={existing.sample}, {len(existing.blocks)} blocks). Call timm_lap.get_tracker(model).remove() "
+            "before tracking it with other settings."
         )
     if blocks is None:
         specs, skipped = find_blocks(base)
@@ -359,4 +397,4 @@ def track(
             "them, name them: timm_lap.track(model, blocks=['layers.*']) or blocks=[module, ...]."
             + (f" Left out: {skipped}." if skipped else "")
         )
-    return DisplacementTracker(base, specs, skipped, p=p, track_eval=track_eval)
+    return DisplacementTracker(base, specs, skipped, p=p, track_eval=track_eval, sample=sample, sample_seed=sample_seed)

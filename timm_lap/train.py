@@ -139,7 +139,7 @@ def scale_initial_weights(model: nn.Module, gain: float) -> nn.Module:
 def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int) -> nn.Module:
     kwargs = dict(args.model_kwargs)
     if args.model.endswith(LAP_SUFFIX):
-        kwargs.update(lap_p=args.lap_p, lap_blocks=args.lap_blocks)
+        kwargs.update(lap_p=args.lap_p, lap_blocks=args.lap_blocks, lap_sample=args.lap_sample)
     model = create_model(
         args.model,
         pretrained=args.pretrained,
@@ -154,7 +154,7 @@ def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int) -> n
     if args.init_gain != 1.0:
         scale_initial_weights(model, args.init_gain)
     if args.lap and get_tracker(model) is None:
-        track(model, blocks=args.lap_blocks, p=args.lap_p)
+        track(model, blocks=args.lap_blocks, p=args.lap_p, sample=args.lap_sample)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
     return model
@@ -382,7 +382,8 @@ def train(
         train_loss_fn = nn.CrossEntropyLoss()
     multiplier = None
     if args.lap:
-        train_loss_fn = LeastActionLoss(train_loss_fn, model, weight=args.lap_weight)
+        # The model's own tracker carries --lap-p, --lap-blocks and --lap-sample.
+        train_loss_fn = LeastActionLoss(train_loss_fn, get_tracker(model), weight=args.lap_weight)
         if args.lap_weight is None:
             multiplier = MultiplierScheduler(optimizer, train_loss_fn, tau=args.lap_tau, every=args.lap_every,
                                              lambda0=args.lap_lambda0)
@@ -473,6 +474,8 @@ def train(
         # Seeding each epoch from (seed, epoch) makes data order and augmentation independent of earlier
         # epochs, so a resumed run repeats the uninterrupted one exactly.
         random_seed(args.seed + epoch, args.rank)
+        if args.lap_sample is not None:
+            get_tracker(model).reseed(args.seed + epoch)
         if hasattr(loader_train.sampler, "set_epoch"):
             loader_train.sampler.set_epoch(epoch)
         if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lap-lambda0", type=float, default=1.0, help="initial multiplier")
     g.add_argument("--lap-every", type=int, default=1, help="update lam every N optimizer updates")
     g.add_argument("--lap-p", type=float, default=2.0, help="exponent of |displacement|^p")
+    g.add_argument("--lap-sample", type=float, default=None, metavar="FRACTION",
+                   help="estimate the transport from a seeded random FRACTION of each batch (unbiased; default: "
+                        "exact)")
     g.add_argument("--lap-weight", type=float, default=None,
                    help="fixed-weight regulariser task + w * transport instead of the multiplier")
     g.add_argument("--lap-blocks", nargs="+", default=None, metavar="NAME",
@@ -222,5 +225,7 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--lap-lambda0 must be > 0, got {args.lap_lambda0}")
     if args.lap_p <= 0:
         parser.error(f"--lap-p must be > 0, got {args.lap_p}")
+    if args.lap_sample is not None and not 0 < args.lap_sample <= 1:
+        parser.error(f"--lap-sample must be a fraction in (0, 1], got {args.lap_sample}")
     if args.lap_weight is not None and args.lap_weight < 0:
         parser.error(f"--lap-weight must be >= 0, got {args.lap_weight}")
