@@ -12,7 +12,7 @@ status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.csv" 2>&1 || true
 common=(--device cuda --cases models --models resnet50 --img-size 224 --batch-size 128 --amp --channels-last)
 timeout 90 "$py" benchmarks/gpu_sync_check.py --json "$out/sync.json" || status=1
-timeout 110 "$py" benchmarks/overhead.py "${common[@]}" --variants vanilla timm_lap_taps timm_lap_notaps timm_lap_grouped timm_lap_torch naive --repeats 40 \
+timeout 110 "$py" benchmarks/overhead.py "${common[@]}" --variants vanilla timm_lap_taps timm_lap_notaps timm_lap_grouped timm_lap_sample timm_lap_torch naive --repeats 40 \
     --warmup 5 --json "$out/eager.json" || status=1
 timeout 170 "$py" benchmarks/overhead.py "${common[@]}" --compile --variants vanilla timm_lap --repeats 20 \
     --warmup 3 --json "$out/compiled.json" || status=1

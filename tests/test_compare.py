@@ -21,9 +21,13 @@ def test_parse_methods():
     assert lap.label == "lap:tau=0.1,every=5"
     assert lap.flags() == ["--lap", "--lap-tau", "0.1", "--lap-lambda0", "1", "--lap-every", "5"]
     assert parse_method("lap:tau=1").label == "lap"  # defaults are not part of the label
+    sampled = parse_method("lap:sample=0.25")
+    assert sampled.label == "lap:sample=0.25" and sampled.flags()[-2:] == ["--lap-sample", "0.25"]
+    assert parse_method("lap:sample=1").label == "lap" and "--lap-sample" not in parse_method("lap:sample=1").flags()
     assert parse_method("fixed").weight is None and parse_method("fixed:w=0.5").flags() == ["--lap", "--lap-weight", "0.5"]
     for bad, match in [("sgd", "unknown method"), ("lap:beta=1", "unknown parameter"), ("lap:tau", "NAME=NUMBER"),
-                       ("lap:every=0.5", "whole every"), ("vanilla:tau=1", "no parameters"), ("fixed:w=-1", ">= 0")]:
+                       ("lap:every=0.5", "whole every"), ("vanilla:tau=1", "no parameters"), ("fixed:w=-1", ">= 0"),
+                       ("lap:sample=0", "0 < sample <= 1"), ("lap:sample=2", "0 < sample <= 1")]:
         with pytest.raises(ValueError, match=match):
             parse_method(bad)
 

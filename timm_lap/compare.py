@@ -23,9 +23,10 @@ from typing import Any, Sequence
 __all__ = ["Method", "parse_method", "parse_size", "plan_cells", "choose_weights", "summarise", "main"]
 
 KEY_FIELDS = ("phase", "dataset", "model", "flags", "n_train", "epochs", "label", "weight", "seed")
-LAP_PARAMS = {"tau": 1.0, "lambda0": 1.0, "every": 1}
+LAP_PARAMS = {"tau": 1.0, "lambda0": 1.0, "every": 1, "sample": 1.0}  # sample 1 = the exact transport
 # Flags compare sets itself for every run: passing them through would silently break the pairing.
 CONTROLLED_FLAGS = ("--seed", "--train-subset", "--lap", "--lap-tau", "--lap-lambda0", "--lap-every", "--lap-weight",
+                    "--lap-sample",
                     "--output", "--experiment", "--resume", "--val-from-train", "--eval-interval")
 
 
@@ -51,8 +52,9 @@ class Method:
             return []
         if self.kind == "lap":
             p = {**LAP_PARAMS, **self.params}
+            sample = ["--lap-sample", f"{p['sample']:g}"] if p["sample"] != 1.0 else []
             return ["--lap", "--lap-tau", f"{p['tau']:g}", "--lap-lambda0", f"{p['lambda0']:g}",
-                    "--lap-every", str(int(p["every"]))]
+                    "--lap-every", str(int(p["every"]))] + sample
         w = self.weight if self.weight is not None else weight
         if w is None:
             raise ValueError("fixed method without a weight")
@@ -60,10 +62,12 @@ class Method:
 
 
 def parse_method(text: str) -> Method:
-    """``vanilla`` | ``lap[:tau=T,lambda0=L,every=N]`` | ``fixed`` (W chosen on validation) | ``fixed:w=W``."""
+    """``vanilla`` | ``lap[:tau=T,lambda0=L,every=N,sample=F]`` | ``fixed`` (W chosen on validation) | ``fixed:w=W``."""
     kind, _, rest = text.partition(":")
     if kind not in ("vanilla", "lap", "fixed"):
-        raise ValueError(f"unknown method {text!r}: use vanilla, lap[:tau=T,lambda0=L,every=N], fixed or fixed:w=W")
+        raise ValueError(
+            f"unknown method {text!r}: use vanilla, lap[:tau=T,lambda0=L,every=N,sample=F], fixed or fixed:w=W"
+        )
     params: dict[str, float] = {}
     for item in filter(None, rest.split(",")):
         name, eq, value = item.partition("=")
@@ -85,10 +89,14 @@ def parse_method(text: str) -> Method:
     if kind == "lap":
         unknown = set(params) - set(LAP_PARAMS)
         if unknown:
-            raise ValueError(f"method {text!r}: unknown parameter(s) {sorted(unknown)}; lap takes tau, lambda0, every")
+            raise ValueError(
+                f"method {text!r}: unknown parameter(s) {sorted(unknown)}; lap takes tau, lambda0, every, sample"
+            )
         if params.get("tau", 1.0) < 0 or params.get("lambda0", 1.0) <= 0 or params.get("every", 1) < 1 \
-                or not float(params.get("every", 1)).is_integer():
-            raise ValueError(f"method {text!r}: need tau >= 0, lambda0 > 0 and a whole every >= 1")
+                or not float(params.get("every", 1)).is_integer() or not 0 < params.get("sample", 1.0) <= 1:
+            raise ValueError(
+                f"method {text!r}: need tau >= 0, lambda0 > 0, a whole every >= 1 and 0 < sample <= 1"
+            )
     return Method(kind, params)
 
 
@@ -144,6 +152,7 @@ def _cell(plan: Plan, phase: str, n: int, epochs: int, method: Method, seed: int
     return {"phase": phase, "dataset": plan.dataset, "model": plan.model, "flags": " ".join(plan.flags),
             "n_train": n, "epochs": epochs, "method": method.kind, "label": method.label,
             "tau": params.get("tau"), "lambda0": params.get("lambda0"), "every": params.get("every"),
+            "sample": params.get("sample"),
             "weight": weight if method.kind == "fixed" else None, "seed": seed, "argv": argv}
 
 
@@ -358,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: timm-lap compare --methods vanilla lap fixed --sizes 100 300 --seeds 0-9 --jobs 2 "
                "--dataset sklearn/digits --model preact_flat9 --epochs 100 -b 128 --lr 0.1 -j 0")
     p.add_argument("--methods", nargs="+", default=["vanilla", "lap", "fixed"], metavar="METHOD",
-                   help="vanilla | lap[:tau=T,lambda0=L,every=N] | fixed (W chosen on validation) | fixed:w=W "
+                   help="vanilla | lap[:tau=T,lambda0=L,every=N,sample=F] | fixed (W chosen on validation) | fixed:w=W "
                         "(default: vanilla lap fixed)")
     p.add_argument("--sizes", nargs="+", required=True, metavar="N[:EPOCHS]",
                    help="training-subset sizes (class-balanced), each optionally with its own epochs")

@@ -74,26 +74,30 @@ def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tenso
     return [o.float() - s.float() for o, s in zip(outs, shortcuts)]
 
 
-_scale_cache: dict[tuple, torch.Tensor] = {}
+_scale_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
 
 def _per_block_scale(numels: tuple[int, ...], weights: tuple[float, ...] | None, factor: float,
                      like: torch.Tensor) -> torch.Tensor:
     """The float32 vector ``factor * weight_k / numel_k`` on ``like``'s device, made once per layout.
 
-    Cached because building it from a Python list on a GPU is a host-to-device copy, which waits
-    for the device; a network's block sizes are the same from one step to the next.
+    Cached, and copied to an accelerator from pinned memory without blocking: a plain copy from a
+    Python list waits for the device. A network's block sizes are the same from one step to the next.
     """
     key = (numels, weights, factor, like.device)
-    scale = _scale_cache.get(key)
-    if scale is None:
+    cached = _scale_cache.get(key)
+    if cached is None:
         if len(_scale_cache) > 256:  # changing batch sizes or sampled chunks: keep the cache small
             _scale_cache.clear()
         weights = weights or (1.0,) * len(numels)
-        values = [factor * w / max(n, 1) for n, w in zip(numels, weights)]
-        scale = torch.tensor(values, dtype=torch.float32).to(like.device)
-        _scale_cache[key] = scale
-    return scale
+        host = torch.tensor([factor * w / max(n, 1) for n, w in zip(numels, weights)], dtype=torch.float32)
+        if like.device.type == "cpu":
+            cached = (host, None)
+        else:
+            pinned = host.pin_memory() if torch.cuda.is_available() else host
+            cached = (pinned.to(like.device, non_blocking=True), pinned)  # the pinned source must outlive the copy
+        _scale_cache[key] = cached
+    return cached[0]
 
 
 class _GradientPlan:
