@@ -1,18 +1,19 @@
 """The paper-regime study: LAP on a deep, narrow pre-activation network, long SGD training, little data.
 
-Three parts, each resumable (rerun the same command; finished runs are skipped), each writing under
+Four parts, each resumable (rerun the same command; finished runs are skipped), each writing under
 ``benchmarks/results/paper_regime/`` (or ``--out-dir``):
 
     python benchmarks/paper_regime.py study        # vanilla / LAP tau 0.1, 1, 10 / fixed W: paired, 10 seeds
     python benchmarks/paper_regime.py study --model preact_resnet20   # the same on the CIFAR-style ResNet-20
     python benchmarks/paper_regime.py energy-bias  # 36 vanilla runs: is low held-out transport a sign of accuracy?
     python benchmarks/paper_regime.py adapt        # LAP's lam and transport as the task gets harder (label noise)
+    python benchmarks/paper_regime.py sample       # LAP with sample=0.25 against the exact transport, paired seeds
 
 Recipe (the reference code's, scaled to a CPU): Fashion-MNIST (official 10k test set), ``preact_flat9`` at width
 16 (the registry default is 32), SGD lr 0.1, momentum 0.9, weight decay 1e-4, 100 epochs, lr x0.1 at epochs 50
 and 75, batch 50 (timm's training loader drops the last partial batch, so 100 images hold no batch of 128),
-random crops of 75-100 % of the image resized to 28 px and horizontal flips. ``study`` and ``adapt`` run
-``timm-lap compare``; ``--smoke`` runs a tiny version of each on scikit-learn digits (the CI test).
+random crops of 75-100 % of the image resized to 28 px and horizontal flips. ``study``, ``adapt`` and ``sample``
+run ``timm-lap compare``; ``--smoke`` runs a tiny version of each on scikit-learn digits (the CI test).
 """
 from __future__ import annotations
 
@@ -225,9 +226,58 @@ def adapt(opts: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# sample: the sampled transport estimate (sample=0.25) against the exact transport, paired seeds
+# ---------------------------------------------------------------------------------------------------------------
+
+SAMPLE_METHOD = "lap:sample=0.25"
+
+
+def sample(opts: argparse.Namespace) -> dict[str, Any]:
+    from timm_lap import compare
+    from timm_lap.runs import ResultsFile
+    from timm_lap.stats import detectable_difference, paired_difference, t_interval
+
+    out_dir = os.path.join(opts.out_dir, "sample")
+    sizes, seeds = (["100:1"], "0-1") if opts.smoke else (["100:100", "300:100"], opts.seeds or "0-9")
+    compare.main(["--title", "LAP with the transport estimated from a quarter of each batch", "--methods", "vanilla",
+                  "lap", SAMPLE_METHOD, "--sizes", *sizes, "--seeds", seeds, "--jobs", str(opts.jobs), "--threads",
+                  str(opts.threads), "--out-dir", out_dir, *paper_flags(opts.smoke)])
+    rows = [r for r in ResultsFile(os.path.join(out_dir, "runs.jsonl"), compare.KEY_FIELDS).rows()
+            if r["phase"] == "test"]
+    lines = ["| n train | seeds | top-1 exact (%) | top-1 sampled (%) | sampled - exact (pp) [95 % CI] | detectable (pp) | "
+             "transport exact | transport sampled | final lam exact | sampled | run time sampled / exact |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for n in sorted({r["n_train"] for r in rows}):
+        by = {label: {r["seed"]: r for r in rows if r["n_train"] == n and r["label"] == label}
+              for label in ("lap", SAMPLE_METHOD)}
+        exact, sampled = by["lap"], by[SAMPLE_METHOD]
+        if len(set(exact) & set(sampled)) < 2:
+            continue
+        diff = paired_difference({s: r["test_top1"] for s, r in sampled.items()},
+                                 {s: r["test_top1"] for s, r in exact.items()})
+        mean = lambda rs, k: t_interval([r[k] for r in rs.values()])["mean"]  # noqa: E731
+        entry = {"seeds": diff["n"], "diff": diff, "detectable": detectable_difference(diff["sd"], diff["n"]),
+                 **{f"{k}_{name}": mean(rs, k) for name, rs in (("exact", exact), ("sampled", sampled))
+                    for k in ("test_top1", "test_transport", "lam", "seconds")}}
+        summary[str(n)] = entry
+        lines.append(f"| {n} | {entry['seeds']} | {entry['test_top1_exact']:.2f} | {entry['test_top1_sampled']:.2f} | "
+                     f"{diff['mean']:+.2f} [{diff['lo']:+.2f}, {diff['hi']:+.2f}] | {entry['detectable']:.2f} | "
+                     f"{entry['test_transport_exact']:.3f} | {entry['test_transport_sampled']:.3f} | "
+                     f"{entry['lam_exact']:.0f} | {entry['lam_sampled']:.0f} | "
+                     f"{entry['seconds_sampled'] / entry['seconds_exact']:.2f} |")
+    with open(os.path.join(out_dir, "sample_vs_exact.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(out_dir, "sample_vs_exact.md"), "w") as f:
+        f.write("# Sampled (sample=0.25) vs exact transport, paired seeds\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=("study", "energy-bias", "adapt"))
+    parser.add_argument("part", choices=("study", "energy-bias", "adapt", "sample"))
     parser.add_argument("--out-dir", default=DEFAULT_OUT)
     parser.add_argument("--jobs", type=int, default=2, help="parallel runs (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
@@ -237,9 +287,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--sizes", nargs="+", default=None, metavar="N:EPOCHS", help="study: override the sizes")
     parser.add_argument("--width", type=int, default=16, help="study: preact_flat9's width (default 16)")
     parser.add_argument("--methods", nargs="+", default=None, help=f"study: methods (default {' '.join(STUDY_METHODS)})")
-    parser.add_argument("--seeds", default=None, metavar="RANGE", help="adapt: seeds (default 0-2)")
+    parser.add_argument("--seeds", default=None, metavar="RANGE",
+                        help="adapt: seeds (default 0-2); sample: seeds (default 0-9)")
     opts = parser.parse_args(argv)
-    return {"study": study, "energy-bias": energy_bias, "adapt": adapt}[opts.part](opts)
+    return {"study": study, "energy-bias": energy_bias, "adapt": adapt, "sample": sample}[opts.part](opts)
 
 
 if __name__ == "__main__":

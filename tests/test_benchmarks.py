@@ -190,3 +190,8 @@ def test_paper_regime_parts_smoke(tmp_path):
     assert (tmp_path / "adapt" / "adapt.png").stat().st_size > 0
     noisy = [json.loads(line) for line in open(tmp_path / "adapt" / "noise_0.4" / "runs.jsonl")]
     assert all("--label-noise 0.4" in r["flags"] for r in noisy)
+    sampled = module.main(["sample", *common])
+    assert set(sampled) == {"100"} and sampled["100"]["seeds"] == 2
+    assert "sampled - exact" in (tmp_path / "sample" / "sample_vs_exact.md").read_text()
+    argv = [r["argv"] for r in map(json.loads, open(tmp_path / "sample" / "runs.jsonl")) if r["label"] == "lap:sample=0.25"]
+    assert argv and all("--lap-sample" in a for a in argv)
