@@ -16,6 +16,14 @@ from timm_lap.grouped_energy import grouped_energies, grouping, grouping_budget,
 from conftest import ResidualMLP
 
 
+@pytest.fixture(params=["stacked", "foreach"], autouse=True)
+def group_path(request, monkeypatch):
+    """Every test runs twice: small groups stacked into one tensor, and the per-tensor _foreach_ path."""
+    if request.param == "foreach":
+        monkeypatch.setattr(grouped_energy, "STACK_MAX_NUMEL", 0)
+    return request.param
+
+
 def _leaves(n, shape=(3, 5), dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for _ in range(n)]
@@ -108,6 +116,16 @@ def test_in_place_change_after_the_forward_is_an_error():
         mids[1].add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         e.sum().backward()
+
+
+def test_the_path_follows_size_dtype_and_shape(group_path):
+    small = [p * 1 for p in _leaves(4)]
+    node = grouped_energies(small[1:], small[:-1]).grad_fn
+    assert node._raw_saved_tensors  # the node saves its inputs whichever path it takes
+    assert grouped_energy._stackable(small) == (group_path == "stacked")
+    assert not grouped_energy._stackable([torch.zeros(5000), torch.zeros(5000)])  # large: foreach
+    assert not grouped_energy._stackable([torch.zeros(3), torch.zeros(4)])  # mixed shapes
+    assert not grouped_energy._stackable([torch.zeros(3, dtype=torch.float64)] * 2)
 
 
 def test_mismatched_lists_are_a_clear_error():

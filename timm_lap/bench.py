@@ -211,14 +211,13 @@ def _build(
         model = model.to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss()
     lap = variant.startswith("timm_lap")
-    if lap:
-        track(model, sample=SAMPLE_FRACTION if variant == "timm_lap_sample" else None)
+    tracker = track(model, sample=SAMPLE_FRACTION if variant == "timm_lap_sample" else None) if lap else None
     naive = NaiveLAP(model) if variant == "naive" else None
     if variant == "bare_hook":
         BareHook(model)
     runner = torch.compile(model) if args.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    lap_loss = LeastActionLoss(criterion, model) if lap else None
+    lap_loss = LeastActionLoss(criterion, tracker) if tracker is not None else None
     if lap_loss is not None:
         MultiplierScheduler(optimizer, lap_loss)
     g = torch.Generator().manual_seed(0)

@@ -74,30 +74,80 @@ def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tenso
     return [o.float() - s.float() for o, s in zip(outs, shortcuts)]
 
 
-_scale_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+_constants: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
 
-def _per_block_scale(numels: tuple[int, ...], weights: tuple[float, ...] | None, factor: float,
-                     like: torch.Tensor) -> torch.Tensor:
-    """The float32 vector ``factor * weight_k / numel_k`` on ``like``'s device, made once per layout.
+def _device_constant(key: tuple, values: list, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """``torch.tensor(values)`` on ``like``'s device, made once per key.
 
     Cached, and copied to an accelerator from pinned memory without blocking: a plain copy from a
     Python list waits for the device. A network's block sizes are the same from one step to the next.
     """
-    key = (numels, weights, factor, like.device)
-    cached = _scale_cache.get(key)
+    key = (*key, dtype, like.device)
+    cached = _constants.get(key)
     if cached is None:
-        if len(_scale_cache) > 256:  # changing batch sizes or sampled chunks: keep the cache small
-            _scale_cache.clear()
-        weights = weights or (1.0,) * len(numels)
-        host = torch.tensor([factor * w / max(n, 1) for n, w in zip(numels, weights)], dtype=torch.float32)
+        if len(_constants) > 256:  # changing batch sizes or sampled chunks: keep the cache small
+            _constants.clear()
+        host = torch.tensor(values, dtype=dtype)
         if like.device.type == "cpu":
             cached = (host, None)
         else:
             pinned = host.pin_memory() if torch.cuda.is_available() else host
             cached = (pinned.to(like.device, non_blocking=True), pinned)  # the pinned source must outlive the copy
-        _scale_cache[key] = cached
+        _constants[key] = cached
     return cached[0]
+
+
+def _per_block_scale(numels: tuple[int, ...], weights: tuple[float, ...] | None, factor: float,
+                     like: torch.Tensor) -> torch.Tensor:
+    """The float32 vector ``factor * weight_k / numel_k`` on ``like``'s device."""
+    key = ("scale", numels, weights, factor)
+    cached = _constants.get((*key, torch.float32, like.device))
+    if cached is not None:
+        return cached[0]
+    weights = weights or (1.0,) * len(numels)
+    return _device_constant(key, [factor * w / max(n, 1) for n, w in zip(numels, weights)], torch.float32, like)
+
+
+# Groups of small float32 tensors of one shape are stacked into one tensor: a handful of whole-group
+# operations then replace the per-tensor work of the _foreach_ calls, which dominates for tiny blocks.
+# Larger tensors are not: the stacked copy would cost more memory traffic than it saves.
+STACK_MAX_NUMEL = 4096
+
+
+def _stackable(tensors: Sequence[torch.Tensor]) -> bool:
+    first = tensors[0]
+    if first.dtype != torch.float32 or first.numel() > STACK_MAX_NUMEL or first.dim() == 0:
+        return False
+    shape, device = first.shape, first.device
+    return all(t.shape == shape and t.dtype == torch.float32 and t.device == device for t in tensors)
+
+
+class _StackedPlan:
+    """The stacked group's index tensors; a chain (block k's output is block k+1's shortcut) uses slices."""
+
+    __slots__ = ("chain", "out_index", "shortcut_index")
+
+    def __init__(self, out_index: tuple[int, ...], shortcut_index: tuple[int, ...], like: torch.Tensor) -> None:
+        k = len(out_index)
+        self.chain = out_index == tuple(range(1, k + 1)) and shortcut_index == tuple(range(k))
+        self.out_index = None if self.chain else _device_constant(("index", out_index), list(out_index), torch.long, like)
+        self.shortcut_index = None if self.chain else _device_constant(
+            ("index", shortcut_index), list(shortcut_index), torch.long, like)
+
+    def displacements(self, stacked: torch.Tensor) -> torch.Tensor:
+        if self.chain:
+            return stacked[1:] - stacked[:-1]
+        return stacked.index_select(0, self.out_index) - stacked.index_select(0, self.shortcut_index)
+
+    def gradients(self, d: torch.Tensor, count: int) -> torch.Tensor:
+        if self.chain:
+            grads = torch.zeros((count, *d.shape[1:]), dtype=d.dtype, device=d.device)
+            grads[1:] += d
+            grads[:-1] -= d
+            return grads
+        grads = torch.zeros((count, *d.shape[1:]), dtype=d.dtype, device=d.device)
+        return grads.index_add_(0, self.out_index, d).index_add_(0, self.shortcut_index, d, alpha=-1)
 
 
 class _GradientPlan:
@@ -178,9 +228,16 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
         ctx.indices = out_index, shortcut_index
         ctx.numels = tuple(o.numel() for o in outs)
         ctx.weights = weights
-        ctx.all_float32 = all(t.dtype == torch.float32 for t in tensors)
         ctx.save_for_backward(*tensors)
-        norms = torch.stack(torch._foreach_norm(_displacements(outs, shortcuts, ctx.all_float32)))
+        if _stackable(tensors):
+            ctx.stacked = _StackedPlan(out_index, shortcut_index, tensors[0])
+            ctx.all_float32 = True
+            d = ctx.stacked.displacements(torch.stack(tensors))
+            norms = torch.linalg.vector_norm(d.flatten(1), dim=1)
+        else:
+            ctx.stacked = None
+            ctx.all_float32 = all(t.dtype == torch.float32 for t in tensors)
+            norms = torch.stack(torch._foreach_norm(_displacements(outs, shortcuts, ctx.all_float32)))
         return norms.square_().mul_(_per_block_scale(ctx.numels, weights, 1.0, norms))
 
     @staticmethod
@@ -188,11 +245,17 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         tensors = ctx.saved_tensors  # also checks that nothing was modified in place since the forward
         out_index, shortcut_index = ctx.indices
+        needs = ctx.needs_input_grad[3:]
+        if ctx.stacked is not None:
+            d = ctx.stacked.displacements(torch.stack(tensors))
+            coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, d)
+            d.mul_(coef.view(-1, *([1] * (d.dim() - 1))))
+            stacked_grads = ctx.stacked.gradients(d, len(tensors)).unbind(0)
+            return (None, None, None, *(g if need else None for g, need in zip(stacked_grads, needs)))
         d = _displacements([tensors[i] for i in out_index], [tensors[i] for i in shortcut_index], ctx.all_float32)
         coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, d[0])
         torch._foreach_mul_(d, coef.unbind(0))
         grads = _gradient_plan(out_index, shortcut_index, len(tensors)).gradients(d, len(tensors))
-        needs = ctx.needs_input_grad[3:]
         if not (ctx.all_float32 and all(needs)):
             grads = [_as(g, t.dtype) if need and g is not None else None for g, t, need in zip(grads, tensors, needs)]
         return (None, None, None, *grads)

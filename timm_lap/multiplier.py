@@ -101,10 +101,13 @@ class MultiplierScheduler:
             value = value.clone()
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
             value /= dist.get_world_size()
-        finite = torch.isfinite(value)
-        self._lam.add_(torch.where(finite, value * self.tau, 0.0))
+        step = value * self.tau
+        # Non-finite steps (a NaN/inf loss, or an overflowing product) add 0 and set the flag; nan_to_num and
+        # a comparison are cheaper than isfinite + where on a 0-d tensor.
+        safe = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+        self._lam.add_(safe)
         torch.reciprocal(self._lam, out=self._inverse_lam)
-        self._nonfinite.logical_or_(~finite)
+        self._nonfinite.logical_or_(safe != step)
         self._report_nonfinite()
 
     def remove(self) -> None:
