@@ -238,3 +238,17 @@ def test_grouping_keeps_saved_bytes_of_tracked_resnet():
     timm_lap.track(model)
     tracked = saved_activation_bytes(lambda: model(x).sum() + timm_lap.get_tracker(model).transport_cost())
     assert tracked / vanilla <= 1.02
+
+
+def test_a_bad_environment_value_fails_at_first_use_not_at_import(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "TIMM_LAP_GROUP_BYTES": "lots"}
+    code = ("import timm, timm_lap\n"
+            "m = timm.create_model('resnet10t_lap', num_classes=2)\n"
+            "m(__import__('torch').randn(2, 3, 32, 32))\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "TIMM_LAP_GROUP_BYTES must be a whole number of bytes" in result.stderr
+    assert 'File "<string>", line 3' in result.stderr  # raised by the forward: import and create_model worked

@@ -40,11 +40,14 @@ def _budget_from_env() -> int:
     return value
 
 
-_budget = _budget_from_env()
+_budget: int | None = None  # read from the environment at first use, so a bad value never breaks an import
 
 
 def grouping_budget() -> int:
     """Bytes of early gradients one group may hold (0: one autograd node per block)."""
+    global _budget
+    if _budget is None:
+        _budget = _budget_from_env()
     return _budget
 
 
@@ -59,7 +62,7 @@ def set_grouping_budget(nbytes: int) -> None:
 @contextlib.contextmanager
 def grouping(nbytes: int) -> Iterator[None]:
     """Context manager: use ``nbytes`` as the grouping budget inside the block, then restore it."""
-    previous = _budget
+    previous = grouping_budget()
     set_grouping_budget(nbytes)
     try:
         yield
