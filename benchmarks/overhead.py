@@ -1,7 +1,8 @@
 """Overhead of timm-lap against vanilla and a naive regulariser (same as `timm-lap bench`).
 
-    python benchmarks/overhead.py                                  # CPU: 4 models, 64 px, batch 32
-    python benchmarks/overhead.py --device cuda --models resnet50 --img-size 224 --batch-size 128 \
+    python benchmarks/overhead.py        # CPU: per-block case, paper-shaped nets, 4 models at 64 px, batch 32
+    python benchmarks/overhead.py --cases per-block paper --threads 1
+    python benchmarks/overhead.py --device cuda --cases models --models resnet50 --img-size 224 --batch-size 128 \
         --amp --channels-last [--compile]
 """
 from timm_lap.bench import main
