@@ -89,3 +89,57 @@ def test_eval_forward_has_no_transport_and_does_not_feed_the_multiplier():
     torch.testing.assert_close(loss, loss_fn.task_loss)
     opt.step()
     assert sched.lam.item() == 1.0  # nothing observed: no update
+
+
+# ---------------------------------------------------------------------------- reliability (issue 10)
+def test_wrapping_a_tracked_model_uses_its_tracker():
+    import timm
+
+    model = timm.create_model("resnet10t_lap", num_classes=3, lap_p=1.0)
+    loss_fn = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model)
+    assert loss_fn.tracker is timm_lap.get_tracker(model) and loss_fn.tracker.p == 1.0
+    other = ResidualMLP()
+    tracker = timm_lap.track(other, track_eval=True)
+    assert timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), other).tracker is tracker
+    with pytest.raises(ValueError, match="already tracked"):
+        timm_lap.track(model, p=2.0)  # an explicit, conflicting track() call is still an error
+    with pytest.raises(ValueError, match="differs from the model's tracker"):
+        timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model, sample=0.5)
+
+
+def _lam_after_one_step(validate: bool) -> float:
+    torch.manual_seed(0)
+    model, x, y = _setup()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model)
+    multiplier = timm_lap.MultiplierScheduler(optimizer, loss_fn)
+    loss = loss_fn(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    if validate:  # a validation pass in eval mode, without torch.no_grad(), as user loops often do
+        model.eval()
+        loss_fn(model(torch.randn(6, 4)), y)
+        model.train()
+    optimizer.step()
+    return multiplier.lam.item()
+
+
+def test_eval_mode_losses_do_not_reach_the_multiplier():
+    assert _lam_after_one_step(validate=True) == _lam_after_one_step(validate=False) > 1.0
+
+
+def test_two_forwards_then_their_losses_each_get_their_own_transport():
+    model, x1, y = _setup()
+    x2 = torch.randn(6, 4)
+    tracker = timm_lap.track(model)
+    model(x1)
+    e1 = tracker.transport_cost().detach()
+    model(x2)
+    e2 = tracker.transport_cost().detach()
+    assert not torch.allclose(e1, e2)
+    loss_fn = timm_lap.LeastActionLoss(lambda out, target: out.sum() * 0, model, weight=1.0)
+    o1, o2 = model(x1), model(x2)  # two views, then the losses
+    torch.testing.assert_close(loss_fn(o1, y).detach(), e1)
+    torch.testing.assert_close(loss_fn(o2, y).detach(), e2)
+    torch.testing.assert_close(sum(tracker.per_block(o1).values()), e1)
+    assert tracker.transport_cost(torch.zeros(1)).detach() == e2  # an unknown output: the latest forward

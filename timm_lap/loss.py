@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .sampling import validate_sample
-from .tracker import DisplacementTracker, track
+from .tracker import DisplacementTracker, get_tracker, track
 
 if TYPE_CHECKING:
     from .multiplier import MultiplierScheduler
@@ -49,7 +49,16 @@ class LeastActionLoss(nn.Module):
                 )
             self.tracker = model_or_tracker
         elif isinstance(model_or_tracker, nn.Module):
-            self.tracker = track(model_or_tracker, sample=sample)
+            # A model that is already tracked keeps its tracker and settings (p, blocks, track_eval, sample):
+            # only an explicit, conflicting track() call is an error.
+            existing = get_tracker(model_or_tracker)
+            if existing is not None and sample is not None and validate_sample(sample) != existing.sample:
+                raise ValueError(
+                    f"sample={sample!r} differs from the model's tracker (sample={existing.sample!r}); pass sample= "
+                    "when you first track the model (timm_lap.track or the *_lap model's lap_sample=), or remove its "
+                    "tracker first: timm_lap.get_tracker(model).remove()."
+                )
+            self.tracker = existing if existing is not None else track(model_or_tracker, sample=sample)
         else:
             raise TypeError(
                 "LeastActionLoss needs the model (or its DisplacementTracker) as second argument; "
@@ -74,9 +83,12 @@ class LeastActionLoss(nn.Module):
                 f"the wrapped criterion must return a scalar tensor; got {shape}. "
                 "Use reduction='mean' (or 'sum') in the criterion."
             )
-        transport = self.tracker.transport_cost()
+        # The transport of the forward that produced this output (two views: each loss gets its own).
+        transport = self.tracker.transport_cost(output)
         if self.scheduler is not None:
-            if task.requires_grad:
+            # Only a loss that can reach an optimizer update counts: not an eval-mode forward that runs with
+            # autograd on (a validation pass without torch.no_grad()).
+            if task.requires_grad and self.tracker.forward_trains(output) is not False:
                 self.scheduler.observe(task)
             total = torch.addcmul(task, transport, self.scheduler.inverse_lam)
         elif self.weight is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -14,9 +15,10 @@ from .grad_taps import TapRegistry
 from .grouped_energy import grouped_energies, grouping_budget
 from .sampling import RowSample, validate_sample
 
-__all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model"]
+__all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_training_forward"]
 
 _TRACKER_ATTR = "_timm_lap_tracker"
+_MAX_FORWARDS = 16  # recent forwards whose transport a loss can still ask for by output
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -40,6 +42,15 @@ def _in_backward() -> bool:
 _top_saved_tensors_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
 
 
+def is_training_forward(module: nn.Module) -> bool:
+    """Whether a forward of ``module`` can lead to an optimizer update: training mode with autograd on.
+
+    The one definition both the tracker (which blocks add transport) and :class:`~timm_lap.LeastActionLoss`
+    (which task losses reach the multiplier) use.
+    """
+    return module.training and torch.is_grad_enabled()
+
+
 def _saved_tensor_hooks_active() -> bool:
     # Inside non-reentrant checkpointing (or save_on_cpu and the like) the energy must be saved
     # through those hooks, so it gets its own node right there instead of joining a later group.
@@ -50,6 +61,18 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
             return value
+    return None
+
+
+def _output_key(output: Any) -> torch.Tensor | None:
+    """The tensor that stands for a model output: itself, or the first tensor in a tuple, list or dict."""
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    for value in values:
+        key = _output_key(value)
+        if key is not None:
+            return key
     return None
 
 
@@ -115,6 +138,10 @@ class DisplacementTracker:
         self._group_budget: int | None = None  # decided at a forward's first block
         self._taps = TapRegistry()
         self._training_pass = False
+        self._latest_forward_trains: bool | None = None
+        # Recent top-level forwards by id of their output tensor: (weak reference to it, energies, training?).
+        # An entry is dropped once its output is gone, so it never keeps a graph alive.
+        self._forwards: dict[int, tuple[weakref.ref, list, bool | None]] = {}
         self._warned: set[str] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._handles.append(model.register_forward_pre_hook(self._start_pass))
@@ -136,23 +163,29 @@ class DisplacementTracker:
     def removed(self) -> bool:
         return self._model is None
 
-    def transport_cost(self) -> torch.Tensor:
-        """Differentiable float32 transport cost (sum of block energies) of the latest forward."""
-        self._check_alive()
-        self._flush()
-        if not self._energies:
+    def transport_cost(self, output: Any = None) -> torch.Tensor:
+        """Differentiable float32 transport cost (sum of block energies) of one forward.
+
+        ``output``: the model output of the forward meant (two views: ``o1 = model(x1); o2 = model(x2)``);
+        by default, or for an output the tracker did not see, the latest forward.
+        """
+        energies = self._energies_of(output)
+        if not energies:
             param = next(self._model.parameters(), None)
             return torch.zeros((), dtype=torch.float32, device=param.device if param is not None else None)
-        if len(self._energies) == 1:
-            return self._energies[0][1].sum()
-        return torch.cat([values for _, values in self._energies]).sum()
+        if len(energies) == 1:
+            return energies[0][1].sum()
+        return torch.cat([values for _, values in energies]).sum()
 
-    def per_block(self) -> dict[str, torch.Tensor]:
-        """Detached per-block energies of the latest forward, by block name."""
-        self._check_alive()
-        self._flush()
+    def forward_trains(self, output: Any = None) -> bool | None:
+        """Whether the forward that produced ``output`` (default: the latest) was a training forward; None if unknown."""
+        entry = self._forward_of(output)
+        return self._latest_forward_trains if entry is None else entry[1]
+
+    def per_block(self, output: Any = None) -> dict[str, torch.Tensor]:
+        """Detached per-block energies of one forward (as in :meth:`transport_cost`), by block name."""
         result: dict[str, torch.Tensor] = {}
-        for names, values in self._energies:
+        for names, values in self._energies_of(output):
             for name, value in zip(names, values.detach().unbind(0)):
                 result[name] = value if name not in result else result[name] + value
         return result
@@ -193,7 +226,8 @@ class DisplacementTracker:
     # ------------------------------------------------------- copies & pickling
     def __getstate__(self) -> dict:
         # Recorded energies belong to one forward of one model: never copy them.
-        return {**self.__dict__, "_energies": [], "_pending": [], "_pending_bytes": 0, "_taps": TapRegistry()}
+        return {**self.__dict__, "_energies": [], "_pending": [], "_pending_bytes": 0, "_taps": TapRegistry(),
+                "_forwards": {}}
 
     # ----------------------------------------------------------- forward pass
     def _check_alive(self) -> None:
@@ -212,7 +246,7 @@ class DisplacementTracker:
         if self._sampler is not None:
             self._sampler.new_pass()
         self._taps.clear()
-        self._training_pass = module.training and torch.is_grad_enabled()
+        self._training_pass = self._latest_forward_trains = is_training_forward(module)
 
     def _end_pass(self, module: nn.Module, args: tuple, output: Any) -> None:
         if _in_backward():
@@ -220,8 +254,31 @@ class DisplacementTracker:
         self._flush()
         if self._sampler is not None:
             self._sampler.end_pass()
+        # (Not while compiling: a weak reference is a graph break; compiled losses use the latest forward.)
+        key = None if torch.compiler.is_compiling() else _output_key(output)
+        if key is not None:
+            forwards = {k: v for k, v in self._forwards.items() if v[0]() is not None}
+            if len(forwards) >= _MAX_FORWARDS:
+                forwards.pop(next(iter(forwards)))
+            forwards[id(key)] = (weakref.ref(key), self._energies, self._latest_forward_trains)
+            self._forwards = forwards
         self._training_pass = False
         self._taps.clear()
+
+    def _forward_of(self, output: Any) -> tuple[list, bool | None] | None:
+        if output is None or not self._forwards:
+            return None
+        key = _output_key(output)
+        entry = None if key is None else self._forwards.get(id(key))
+        if entry is None or entry[0]() is not key:  # an id can be reused once its tensor is gone
+            return None
+        return entry[1], entry[2]
+
+    def _energies_of(self, output: Any) -> list[tuple[tuple[str, ...], torch.Tensor]]:
+        self._check_alive()
+        self._flush()
+        entry = self._forward_of(output)
+        return self._energies if entry is None else entry[0]
 
     # ------------------------------------------------------------ grouping
     def _clear_pending(self) -> None:
@@ -260,7 +317,7 @@ class DisplacementTracker:
         if not hook.checked and (hook.name in self._invalid or not self._check_block(hook, output, shortcut)):
             return
         name = hook.name
-        if module.training and torch.is_grad_enabled():
+        if is_training_forward(module):
             budget = self._group_budget
             if budget is None:
                 budget = self._group_budget = self._pass_budget(output)
