@@ -71,16 +71,16 @@ def test_random_sharing_patterns(pool_size, pairs, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_other_dtypes_reduce_in_float32_and_return_their_dtype(dtype):
+def test_other_dtypes_reduce_in_float32_or_wider_and_return_their_dtype(dtype):
     pool = _leaves(4, dtype=dtype)
     got = grouped_energies(pool[1:], pool[:-1])
     want = torch.stack([reference_energy(o, s) for o, s in zip(pool[1:], pool[:-1])])
-    assert got.dtype == torch.float32
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     torch.testing.assert_close(got, want)
     grads = torch.autograd.grad(got.sum(), pool)
     assert all(g.dtype == dtype for g in grads)
     # Each tensor's terms are combined in float32 and rounded once (autograd would round each term).
-    wide = [p.detach().float().requires_grad_() for p in pool]
+    wide = [p.detach().to(torch.promote_types(dtype, torch.float32)).requires_grad_() for p in pool]
     wide_energy = torch.stack([reference_energy(o, s) for o, s in zip(wide[1:], wide[:-1])])
     for a, b in zip(grads, torch.autograd.grad(wide_energy.sum(), wide)):
         torch.testing.assert_close(a, b.to(dtype))

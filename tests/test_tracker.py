@@ -20,10 +20,11 @@ from conftest import ResidualMLP
 def reference_transport(model: ResidualMLP, x: torch.Tensor, p: float) -> torch.Tensor:
     """Hand-written: run the blocks one by one and sum mean(|x_{k+1} - x_k|^p)."""
     h = model.stem(x)
-    total = torch.zeros((), dtype=torch.float32)
+    wide = torch.promote_types(h.dtype, torch.float32)
+    total = torch.zeros((), dtype=wide)
     for block in model.blocks:
         nxt = block(h)
-        total = total + (nxt.float() - h.float()).abs().pow(p).mean()
+        total = total + (nxt.to(wide) - h.to(wide)).abs().pow(p).mean()
         h = nxt
     return total
 
@@ -43,7 +44,7 @@ def test_random_residual_stacks(width, depth, batch, p, dtype, zero):
     with timm_lap.track(model, p=p) as tracker:
         model(x)
         cost = tracker.transport_cost()
-        assert cost.dtype == torch.float32
+        assert cost.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
         assert cost.item() >= 0
         if zero:
             assert cost.item() == 0.0
@@ -263,3 +264,65 @@ def test_torch_compile_records_the_same_transport():
     compiled(x)
     assert get_tracker(compiled) is tracker
     torch.testing.assert_close(tracker.transport_cost().detach(), eager)
+
+
+class _TinyStepBlock(nn.Module):
+    """A residual block whose displacement is 1e-9 of its input: float32 rounding of the input would swamp it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1e-9 * self.fc(x)
+
+
+class _TinyStepBlocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[_TinyStepBlock(6) for _ in range(4)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+@pytest.mark.parametrize("p,budget", [(2.0, 2**30), (2.0, 0), (1.5, 2**30)])
+def test_float64_models_keep_float64_precision(p, budget):
+    from timm_lap.grouped_energy import grouping
+
+    model = _TinyStepBlocks().double().train()
+    x = 1e3 * torch.randn(5, 6, dtype=torch.float64)
+    tracker = timm_lap.track(model, p=p)
+    with grouping(budget):
+        model(x)
+        cost = tracker.transport_cost()
+        cost.backward()
+    grads = [q.grad.clone() for q in model.parameters()]
+    model.zero_grad()
+    h, want = x, torch.zeros((), dtype=torch.float64)
+    for block in model.blocks:
+        nxt = block(h)
+        want = want + (nxt - h).abs().pow(p).mean()
+        h = nxt
+    want.backward()
+    assert cost.dtype == torch.float64
+    torch.testing.assert_close(cost.detach(), want.detach(), rtol=1e-9, atol=0)
+    for got, ref in zip(grads, (q.grad for q in model.parameters())):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-30)
+
+
+def test_float64_convnext_energies_match_a_float64_reference():
+    """timm ConvNeXt's layer scale starts at 1e-6: its displacements are tiny against the activations."""
+    model = timm.create_model("convnext_atto", num_classes=3).double().train()
+    tracker = timm_lap.track(model)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    model(x)
+    got = tracker.per_block()
+    stage = model.stages[0]
+    h = model.stem(x)
+    with torch.no_grad():
+        h = stage.downsample(h)
+        block = stage.blocks[0]
+        want = (block(h) - h).square().mean()
+    name = next(n for n in got if n.endswith("stages.0.blocks.0"))
+    torch.testing.assert_close(got[name], want, rtol=1e-9, atol=0)

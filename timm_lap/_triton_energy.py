@@ -58,6 +58,7 @@ def supports(out: torch.Tensor, shortcut: torch.Tensor) -> bool:
         and out.numel() > 0
         and out.dtype.is_floating_point
         and shortcut.dtype.is_floating_point
+        and torch.float64 not in (out.dtype, shortcut.dtype)  # the kernels reduce in float32
         and _dense(out)
         and _dense(shortcut)
     )

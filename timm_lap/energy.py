@@ -1,4 +1,4 @@
-"""Per-block kinetic energy ``mean(|out - shortcut|^p)``, reduced in float32.
+"""Per-block kinetic energy ``mean(|out - shortcut|^p)``, reduced in float32 (float64 for float64 tensors).
 
 ``p == 2`` (the default) goes through a custom autograd function that saves only
 references to the block output and its shortcut -- tensors autograd keeps alive
@@ -49,8 +49,16 @@ def _fused_kernels(out: torch.Tensor, shortcut: torch.Tensor):
     return _triton
 
 
-def _displacement_f32(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    return out.float() - shortcut.float()
+def energy_dtype(out: torch.Tensor, shortcut: torch.Tensor) -> torch.dtype:
+    """The dtype the displacement is formed and reduced in: the wider of both tensors', and at least float32."""
+    return torch.promote_types(torch.promote_types(out.dtype, shortcut.dtype), torch.float32)
+
+
+def displacement(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``out - shortcut`` as a new tensor in :func:`energy_dtype` (float64 models keep their precision:
+    a displacement small against the activations is not lost to float32 rounding)."""
+    dtype = energy_dtype(out, shortcut)
+    return out.to(dtype) - shortcut.to(dtype)
 
 
 def _squared_displacement_mean(out: torch.Tensor, shortcut: torch.Tensor, term: Term | None = None) -> torch.Tensor:
@@ -59,12 +67,12 @@ def _squared_displacement_mean(out: torch.Tensor, shortcut: torch.Tensor, term: 
         if term is not None:
             term.fused = kernels
         return kernels.squared_displacement_mean(out, shortcut)
-    d = _displacement_f32(out, shortcut)
+    d = displacement(out, shortcut)
     return d.square_().mean()  # d is our own temporary: square it in place
 
 
 class _SquaredDisplacementMean(torch.autograd.Function):
-    """``mean((out - shortcut)^2)`` in float32; backward recomputes ``out - shortcut``."""
+    """``mean((out - shortcut)^2)`` in :func:`energy_dtype`; backward recomputes ``out - shortcut``."""
 
     @staticmethod
     def forward(ctx, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -81,7 +89,7 @@ class _SquaredDisplacementMean(torch.autograd.Function):
                 out, shortcut, grad.contiguous(), ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             )
         scale = grad * (2.0 / out.numel())
-        g = _displacement_f32(out, shortcut).mul_(scale)
+        g = displacement(out, shortcut).mul_(scale)
         grad_out = g.to(out.dtype) if ctx.needs_input_grad[0] else None
         grad_shortcut = torch.neg(g).to(shortcut.dtype) if ctx.needs_input_grad[1] else None
         return grad_out, grad_shortcut
@@ -112,8 +120,8 @@ def use_grad_taps(out: torch.Tensor) -> bool:
 
 
 def reference_energy(out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """Plain-PyTorch ``mean(|out - shortcut|^p)`` in float32 (any ``p > 0``)."""
-    d = _displacement_f32(out, shortcut)
+    """Plain-PyTorch ``mean(|out - shortcut|^p)`` in :func:`energy_dtype` (any ``p > 0``)."""
+    d = displacement(out, shortcut)
     if p == 2.0:
         return d.square().mean()
     return d.abs().pow(p).mean()
@@ -122,7 +130,7 @@ def reference_energy(out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0) 
 def block_energy(
     out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0, taps: TapRegistry | None = None
 ) -> torch.Tensor:
-    """Differentiable float32 energy of one block; the fused path is used for ``p == 2``.
+    """Differentiable energy of one block (float32; float64 for float64 tensors); fused for ``p == 2``.
 
     With ``taps`` (eager, ``p == 2``) the gradient reaches ``out`` and ``shortcut`` through the
     registry's tensor hooks instead of new gradient tensors; the value is the same.

@@ -96,17 +96,20 @@ class TapRegistry:
 
 
 def _torch_add_terms(grad: torch.Tensor, terms: list[tuple[Term, float]]) -> torch.Tensor:
-    acc = grad.float()
+    from .energy import displacement  # energy imports this module
+
+    dtype = torch.promote_types(grad.dtype, torch.float32)
+    acc = grad.to(dtype)
     if acc is grad:
         acc = acc.clone()
     for term, sign in terms:
-        d = term.out.float() - term.shortcut.float()
-        acc.add_(d.mul_(term.grad.float() * term.scale(sign)))
+        d = displacement(term.out, term.shortcut)
+        acc.add_(d.mul_(term.grad.to(d.dtype) * term.scale(sign)))
     return acc.to(grad.dtype)
 
 
 def add_terms(grad: torch.Tensor, terms: list[tuple[Term, float]]) -> torch.Tensor:
-    """``grad + sum sign * grad_E * 2/n * (out - shortcut)`` in float32, returned in ``grad``'s dtype."""
+    """``grad + sum sign * grad_E * 2/n * (out - shortcut)`` in float32 or wider, returned in ``grad``'s dtype."""
     # The forward already checked each term's (out, shortcut) for the fused kernels (Term.fused);
     # the gradient only has to walk memory in the same order.
     if all(t.fused is not None and grad.stride() == t.out.stride() for t, _ in terms) and grad.is_cuda:

@@ -9,7 +9,8 @@ The tracker groups the blocks of one forward pass into such nodes. A node's back
 gradients of all its blocks at once, before autograd reaches those blocks, so a group holds at most
 :func:`grouping_budget` bytes of gradients (``TIMM_LAP_GROUP_BYTES``; 0 turns grouping off and every
 block gets its own node, the behaviour before grouping). Like the per-block node, the group saves only
-references to tensors autograd keeps anyway, and forms and reduces the displacement in float32.
+references to tensors autograd keeps anyway, and forms and reduces the displacement in float32 (float64 for
+float64 tensors).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from typing import Iterator, Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from .energy import displacement
 
 __all__ = ["grouped_energies", "grouping_budget", "set_grouping_budget", "grouping"]
 
@@ -71,10 +74,11 @@ def grouping(nbytes: int) -> Iterator[None]:
 
 
 def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], all_float32: bool) -> list[torch.Tensor]:
-    """``out_k - shortcut_k`` in float32 (new tensors), as :func:`timm_lap.energy.block_energy` forms it."""
+    """``out_k - shortcut_k`` (new tensors) as :func:`timm_lap.energy.displacement` forms them: float32, or the
+    wider dtype of the pair (float64 models keep their precision)."""
     if all_float32:
         return list(torch._foreach_sub(outs, shortcuts))
-    return [o.float() - s.float() for o, s in zip(outs, shortcuts)]
+    return [displacement(o, s) for o, s in zip(outs, shortcuts)]
 
 
 _constants: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -103,13 +107,13 @@ def _device_constant(key: tuple, values: list, dtype: torch.dtype, like: torch.T
 
 def _per_block_scale(numels: tuple[int, ...], weights: tuple[float, ...] | None, factor: float,
                      like: torch.Tensor) -> torch.Tensor:
-    """The float32 vector ``factor * weight_k / numel_k`` on ``like``'s device."""
+    """The vector ``factor * weight_k / numel_k`` on ``like``'s device, in its dtype (float32 or float64)."""
     key = ("scale", numels, weights, factor)
-    cached = _constants.get((*key, torch.float32, like.device))
+    cached = _constants.get((*key, like.dtype, like.device))
     if cached is not None:
         return cached[0]
     weights = weights or (1.0,) * len(numels)
-    return _device_constant(key, [factor * w / max(n, 1) for n, w in zip(numels, weights)], torch.float32, like)
+    return _device_constant(key, [factor * w / max(n, 1) for n, w in zip(numels, weights)], like.dtype, like)
 
 
 # Groups of small float32 tensors of one shape are stacked into one tensor: a handful of whole-group
@@ -251,12 +255,12 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         if ctx.stacked is not None:
             d = ctx.stacked.displacements(torch.stack(tensors))
-            coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, d)
+            coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, grad)
             d.mul_(coef.view(-1, *([1] * (d.dim() - 1))))
             stacked_grads = ctx.stacked.gradients(d, len(tensors)).unbind(0)
             return (None, None, None, *(g if need else None for g, need in zip(stacked_grads, needs)))
         d = _displacements([tensors[i] for i in out_index], [tensors[i] for i in shortcut_index], ctx.all_float32)
-        coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, d[0])
+        coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, grad)
         torch._foreach_mul_(d, coef.unbind(0))
         grads = _gradient_plan(out_index, shortcut_index, len(tensors)).gradients(d, len(tensors))
         if not (ctx.all_float32 and all(needs)):
@@ -273,7 +277,8 @@ def grouped_energies(
 ) -> torch.Tensor:
     """Differentiable vector of the K blocks' ``weight_k * mean((out - shortcut)^2)``, one autograd node for all.
 
-    All tensors must be on one device; each pair must have one shape. The result is float32.
+    All tensors must be on one device; each pair must have one shape. The result is float32, or float64 when
+    a pair is float64.
     ``weights`` (default all 1) scales each block's energy (the sampled estimate's chunk weight).
     """
     if len(outs) != len(shortcuts) or not outs:
