@@ -116,3 +116,25 @@ def test_autoload_is_cheap_and_imports_nothing_heavy():
     assert heavy == "False False"
     startup = _fresh_python("import sys; print('_timm_lap_autoload' in sys.modules, 'torch' in sys.modules)")
     assert startup.stdout.strip() == "True False"  # the .pth hook ran at start-up and stayed light
+
+
+def test_scripting_a_lap_model_gives_the_base_models_inference_graph():
+    """torch.jit.script (timm's --torchscript, exports) compiles an untracked copy; the model stays tracked."""
+    import copy
+
+    base = timm.create_model("resnet10t", num_classes=3).eval()
+    lap = timm.create_model("resnet10t_lap", num_classes=3)
+    lap.load_state_dict(base.state_dict())
+    lap.eval()
+    x = torch.randn(2, 3, 32, 32)
+    scripted = torch.jit.script(lap)
+    torch.testing.assert_close(scripted(x), base(x))
+    torch.jit.script(lap.layer1[0])  # one tracked block alone
+    assert timm_lap.get_tracker(lap) is not None
+    lap.train()
+    lap(x)
+    assert timm_lap.get_tracker(lap).transport_cost().item() > 0
+    clone = copy.deepcopy(lap)  # a copy scripts its own copy, not the original
+    assert clone.__dict__["__prepare_scriptable__"].module is clone
+    timm_lap.get_tracker(lap).remove()
+    assert "__prepare_scriptable__" not in lap.__dict__

@@ -1,6 +1,7 @@
 """Forward hooks that record each residual block's displacement energy."""
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 import weakref
@@ -15,7 +16,7 @@ from .grad_taps import TapRegistry
 from .grouped_energy import grouped_energies, grouping_budget
 from .sampling import RowSample, validate_sample
 
-__all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_training_forward"]
+__all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_training_forward", "strip_tracking"]
 
 _TRACKER_ATTR = "_timm_lap_tracker"
 _MAX_FORWARDS = 16  # recent forwards whose transport a loss can still ask for by output
@@ -152,6 +153,11 @@ class DisplacementTracker:
             if spec.shortcut is not None:
                 self._handles.append(spec.shortcut.register_forward_hook(hook.capture_shortcut))
         setattr(model, _TRACKER_ATTR, self)
+        # torch.jit.script calls a module's __prepare_scriptable__ first: scripting the model (or one of its
+        # blocks) then compiles an untracked copy, the base model's inference graph.
+        self._scriptable = [model, *(spec.module for spec in specs)]
+        for module in self._scriptable:
+            module.__dict__["__prepare_scriptable__"] = _UntrackedCopy(module)
 
     # ------------------------------------------------------------------ public
     @property
@@ -209,6 +215,9 @@ class DisplacementTracker:
         self._handles.clear()
         if getattr(self._model, _TRACKER_ATTR, None) is self:
             delattr(self._model, _TRACKER_ATTR)
+        for module in self._scriptable:
+            module.__dict__.pop("__prepare_scriptable__", None)
+        self._scriptable = []
         self._model = None
         self.reset()
 
@@ -391,6 +400,42 @@ class DisplacementTracker:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(f"timm_lap: {message}", stacklevel=4)
+
+
+class _UntrackedCopy:
+    """``module.__prepare_scriptable__``: a deep copy of the module without timm_lap's hooks.
+
+    An object rather than a closure, so that ``deepcopy`` of the model points the copy's at the copy.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self) -> nn.Module:
+        clone = copy.deepcopy(self.module)
+        strip_tracking(clone)
+        own = getattr(type(clone), "__prepare_scriptable__", None)  # the class's own preparation, if any
+        return own(clone) if own is not None else clone
+
+
+def _is_tracking_hook(hook: Any) -> bool:
+    owner = getattr(hook, "__self__", hook)
+    return isinstance(owner, (_BlockHook, DisplacementTracker))
+
+
+def strip_tracking(module: nn.Module) -> nn.Module:
+    """Remove every timm_lap hook and attribute from ``module`` and its submodules, in place (for copies
+    meant for export: ``torch.jit.script`` of a tracked model does this on a copy by itself)."""
+    for sub in module.modules():
+        for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
+            for key in [k for k, hook in hooks.items() if _is_tracking_hook(hook)]:
+                del hooks[key]
+                sub._forward_hooks_with_kwargs.pop(key, None)
+                sub._forward_hooks_always_called.pop(key, None)
+                sub._forward_pre_hooks_with_kwargs.pop(key, None)
+        sub.__dict__.pop("__prepare_scriptable__", None)
+        sub.__dict__.pop(_TRACKER_ATTR, None)
+    return module
 
 
 def get_tracker(model: nn.Module) -> DisplacementTracker | None:
