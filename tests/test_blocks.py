@@ -162,3 +162,68 @@ def test_explicit_block_with_shape_change_is_dropped_with_warning():
         model(torch.randn(2, 3, 32, 32))
     assert tracker.blocks == ["blocks.0", "blocks.1"]
     assert "differs from its shortcut shape" in tracker.skipped["patch_embed"]
+
+
+# ---------------------------------------------------------------------------- projections named proj (issue 10)
+def test_torchvision_regnet_proj_blocks_are_tracked_with_their_projection():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.regnet_y_400mf().train()
+    tracker = timm_lap.track(model)
+    model(torch.randn(2, 3, 64, 64))
+    assert tracker.skipped == {} and len(tracker.per_block()) == len(tracker.blocks) == 16
+    block = model.trunk_output.block1[0]  # the first block of a stage projects its input
+    assert block.proj is not None
+    seen = {}
+    handle = block.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
+    model(torch.randn(2, 3, 64, 64))
+    handle.remove()
+    with torch.no_grad():
+        want = (seen["out"] - block.proj(seen["x"])).square().mean()
+    torch.testing.assert_close(tracker.per_block()["trunk_output.block1.block1-0"], want)
+
+
+class _WeirdBlock(nn.Module):
+    """A residual block whose projection has a name no rule knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.widen = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.widen(x) + self.body(x)
+
+
+class _WeirdNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = _WeirdBlock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+@pytest.mark.parametrize("blocks", [
+    lambda m: [("layer", "widen")],  # relative name
+    lambda m: [("layer", "layer.widen")],  # full name
+    lambda m: [(m.layer, m.layer.widen)],  # modules
+    lambda m: {"layer": "widen"},  # a mapping
+])
+def test_blocks_can_name_a_projection(blocks):
+    model = _WeirdNet().train()
+    tracker = timm_lap.track(model, blocks=blocks(model))
+    x = torch.randn(3, 4)
+    model(x)
+    with torch.no_grad():
+        want = model.layer.body(x).square().mean()
+    torch.testing.assert_close(tracker.transport_cost().detach(), want)
+
+
+def test_bad_projection_selectors_are_clear_errors():
+    model = _WeirdNet()
+    with pytest.raises(ValueError, match="no module 'nope'"):
+        timm_lap.track(model, blocks=[("layer", "nope")])
+    with pytest.raises(TypeError, match=r"a pair is \(block, projection\)"):
+        timm_lap.track(model, blocks=[("layer", "widen", "x")])
+    with pytest.raises(ValueError, match="is not a submodule"):
+        timm_lap.track(model, blocks=[("layer", nn.Linear(1, 1))])

@@ -5,7 +5,7 @@ import copy
 import math
 import warnings
 import weakref
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -451,7 +451,7 @@ def _validate_p(p: float) -> float:
 
 def track(
     model: nn.Module,
-    blocks: Sequence[BlockSelector] | BlockSelector | None = None,
+    blocks: Sequence[BlockSelector] | BlockSelector | Mapping[Any, Any] | None = None,
     p: float = 2.0,
     track_eval: bool = False,
     sample: float | None = None,
@@ -462,7 +462,9 @@ def track(
     Args:
         model: any residual network (timm, torchvision or your own); compile/DDP wrappers are unwrapped.
         blocks: None to find the residual blocks automatically, or module names, globs
-            (``'layer*.*'``; ``*`` stays within one dotted component, ``**`` crosses them) or module objects.
+            (``'layer*.*'``; ``*`` stays within one dotted component, ``**`` crosses them) or module objects;
+            a ``(block, projection)`` pair or a ``{block: projection}`` mapping also names the module whose
+            output is the block's shortcut (a module, a full name, or a name relative to the block).
         p: exponent of the displacement norm (2 = kinetic energy).
         track_eval: also record (detached) energies in eval mode or without autograd.
         sample: None (exact, the default) or a fraction f in (0, 1]: each training forward measures one
