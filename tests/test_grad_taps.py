@@ -100,7 +100,7 @@ def test_in_place_change_after_the_forward_is_an_error(taps_on):
     e = energy._TappedSquaredDisplacementMean.apply(out, x, registry.attach(out, x))
     with torch.no_grad():
         x.add_(1.0)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    with pytest.raises(RuntimeError, match="changed in place after the model.s forward"):
         e.backward()
 
 

@@ -114,7 +114,7 @@ def test_in_place_change_after_the_forward_is_an_error():
     e = grouped_energies(mids[1:], mids[:-1])
     with torch.no_grad():
         mids[1].add_(1)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    with pytest.raises(RuntimeError, match="changed in place after the model.s forward"):
         e.sum().backward()
 
 

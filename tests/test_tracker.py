@@ -326,3 +326,62 @@ def test_float64_convnext_energies_match_a_float64_reference():
         want = (block(h) - h).square().mean()
     name = next(n for n in got if n.endswith("stages.0.blocks.0"))
     torch.testing.assert_close(got[name], want, rtol=1e-9, atol=0)
+
+
+# ---------------------------------------------------------------------------- in-place changes after a block
+class _ReluAfterBlocks(nn.Module):
+    """A model that changes its last block's output in place (as F.relu(..., inplace=True) models do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = ResidualMLP(width=6, depth=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inner.blocks(self.inner.stem(x))
+        return self.inner.head(torch.nn.functional.relu(h, inplace=True))
+
+
+def _reference_block_energies(model: _ReluAfterBlocks, x: torch.Tensor) -> torch.Tensor:
+    h = model.inner.stem(x)
+    total = torch.zeros(())
+    for block in model.inner.blocks:
+        nxt = block(h)
+        total = total + (nxt - h).square().mean()
+        h = nxt
+    return total
+
+
+@pytest.mark.parametrize("budget", [2**30, 0])
+def test_in_place_change_after_a_block_trains_and_is_measured_from_a_copy(budget):
+    from timm_lap.grouped_energy import grouping
+
+    torch.manual_seed(0)
+    model = _ReluAfterBlocks().train()
+    loss_fn = timm_lap.LeastActionLoss(torch.nn.CrossEntropyLoss(), model, weight=1.0)
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    with grouping(budget):
+        with pytest.warns(UserWarning, match=r"'inner\.blocks\.2' \(output\) in place .*measures a copy"):
+            loss_fn(model(x), y).backward()  # untracked, this model trains: tracked, it must too
+        first = loss_fn.transport.clone()
+        model.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        want = _reference_block_energies(model, x)
+    torch.testing.assert_close(loss_fn.transport, want)  # exact from the second forward on
+    assert first < want  # the first forward left the changed block out, as the warning says
+    model.zero_grad()
+    (torch.nn.CrossEntropyLoss()(model(x), y) + _reference_block_energies(model, x)).backward()
+    for g, ref in zip(got, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_in_place_change_after_the_forward_says_what_to_change():
+    model = ResidualMLP(width=3, depth=2)
+    model.head = torch.nn.Identity()  # the model output is the last block's output
+    tracker = timm_lap.track(model)
+    out = model(torch.randn(4, 4))
+    loss = tracker.transport_cost() + out.relu_().sum()
+    with pytest.raises(RuntimeError, match=r"timm_lap: a tracked block's output .*out-of-place"):
+        loss.backward()

@@ -71,6 +71,21 @@ def _squared_displacement_mean(out: torch.Tensor, shortcut: torch.Tensor, term: 
     return d.square_().mean()  # d is our own temporary: square it in place
 
 
+def unpack_saved(ctx) -> tuple[torch.Tensor, ...]:
+    """``ctx.saved_tensors``, with an error that says what to change when the model modified one in place."""
+    try:
+        return ctx.saved_tensors
+    except RuntimeError as error:
+        if "inplace operation" not in str(error):
+            raise
+        raise RuntimeError(
+            "timm_lap: a tracked block's output or shortcut was changed in place after the model's forward "
+            "returned (for example out.relu_() on a model output that is a block's output); timm_lap keeps "
+            "references to these tensors until backward. Use the out-of-place operation (out = out.relu()). "
+            "(In-place changes inside the model's forward are handled: the block is then measured from a copy.)"
+        ) from error
+
+
 class _SquaredDisplacementMean(torch.autograd.Function):
     """``mean((out - shortcut)^2)`` in :func:`energy_dtype`; backward recomputes ``out - shortcut``."""
 
@@ -82,7 +97,7 @@ class _SquaredDisplacementMean(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        out, shortcut = ctx.saved_tensors
+        out, shortcut = unpack_saved(ctx)
         kernels = _fused_kernels(out, shortcut)
         if kernels is not None:
             return kernels.squared_displacement_mean_backward(
@@ -107,7 +122,7 @@ class _TappedSquaredDisplacementMean(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        out, shortcut = ctx.saved_tensors  # checks that neither was modified in place since the forward
+        out, shortcut = unpack_saved(ctx)  # checks that neither was modified in place since the forward
         ctx.term.set(grad, out, shortcut)
         return None, None, None
 

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from .energy import displacement
+from .energy import displacement, unpack_saved
 
 __all__ = ["grouped_energies", "grouping_budget", "set_grouping_budget", "grouping"]
 
@@ -250,7 +250,7 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        tensors = ctx.saved_tensors  # also checks that nothing was modified in place since the forward
+        tensors = unpack_saved(ctx)  # also checks that nothing was modified in place since the forward
         out_index, shortcut_index = ctx.indices
         needs = ctx.needs_input_grad[3:]
         if ctx.stacked is not None:

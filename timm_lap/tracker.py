@@ -137,6 +137,10 @@ class DisplacementTracker:
         self._pending: list[tuple[str, torch.Tensor, torch.Tensor, float]] = []
         self._pending_bytes = 0
         self._group_budget: int | None = None  # decided at a forward's first block
+        # Tensors of this forward's blocks with their versions at the block, to see in-place changes after it.
+        self._watch: list[tuple[str, torch.Tensor, torch.Tensor, int, int]] = []
+        # Blocks whose model changes their output / shortcut in place after them: measured from copies.
+        self._copy_blocks: dict[str, set[str]] = {}
         self._taps = TapRegistry()
         self._training_pass = False
         self._latest_forward_trains: bool | None = None
@@ -236,7 +240,7 @@ class DisplacementTracker:
     def __getstate__(self) -> dict:
         # Recorded energies belong to one forward of one model: never copy them.
         return {**self.__dict__, "_energies": [], "_pending": [], "_pending_bytes": 0, "_taps": TapRegistry(),
-                "_forwards": {}}
+                "_forwards": {}, "_watch": []}
 
     # ----------------------------------------------------------- forward pass
     def _check_alive(self) -> None:
@@ -252,6 +256,7 @@ class DisplacementTracker:
         self._energies = []
         self._clear_pending()
         self._group_budget = None
+        self._watch = []
         if self._sampler is not None:
             self._sampler.new_pass()
         self._taps.clear()
@@ -260,6 +265,8 @@ class DisplacementTracker:
     def _end_pass(self, module: nn.Module, args: tuple, output: Any) -> None:
         if _in_backward():
             return
+        if self._watch:
+            self._check_in_place()
         self._flush()
         if self._sampler is not None:
             self._sampler.end_pass()
@@ -333,6 +340,7 @@ class DisplacementTracker:
             # The hot path: a positive budget already means eager mode; the two checks are C calls.
             if budget and torch._C._current_graph_task_id() == -1 and not _saved_tensor_hooks_active():
                 weight = 1.0
+                output, shortcut = self._protect(name, output, shortcut)
                 if self._sampler is not None:
                     output, shortcut, weight = self._sampler.apply(output, shortcut)
                 self._pending.append((name, output, shortcut, weight))
@@ -347,6 +355,8 @@ class DisplacementTracker:
                 block_energy(output, shortcut, self.p)
                 return
             weight = 1.0
+            if not torch.compiler.is_compiling():  # compiled graphs are functional: nothing to protect
+                output, shortcut = self._protect(name, output, shortcut)
             # Measured exactly: compiled blocks (a draw would be frozen into the graph; the compiled exact
             # transport costs about nothing) and blocks inside gradient checkpointing (their recomputation
             # cannot know which rows the original forward drew).
@@ -374,6 +384,52 @@ class DisplacementTracker:
         # A block that is not grouped flushes the pending ones first: energies stay in forward order.
         self._flush()
         self._energies.append(((name,), energy.reshape(1)))
+
+    # ------------------------------------------------------- in-place changes
+    def _protect(self, name: str, output: torch.Tensor, shortcut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the tensors this block's model changes in place later; otherwise watch their versions."""
+        changed = self._copy_blocks.get(name)
+        if changed is None:
+            self._watch.append((name, output, shortcut, output._version, shortcut._version))
+            return output, shortcut
+        # clone() is differentiable: the gradient reaches the original tensor's history as before.
+        return (output.clone() if "output" in changed else output,
+                shortcut.clone() if "shortcut" in changed else shortcut)
+
+    def _check_in_place(self) -> None:
+        """End of a forward: drop the energies of blocks whose tensors were changed in place since the block ran.
+
+        Their saved references would fail in backward ("modified by an inplace operation") and the values
+        they held are gone; from the next forward on those blocks measure copies (one activation each).
+        """
+        watch, self._watch = self._watch, []
+        changed: dict[str, set[str]] = {}
+        for name, output, shortcut, output_version, shortcut_version in watch:
+            if output._version != output_version:
+                changed.setdefault(name, set()).add("output")
+            if shortcut._version != shortcut_version:
+                changed.setdefault(name, set()).add("shortcut")
+        if not changed:
+            return
+        dropped = [entry[0] for entry in self._pending if entry[0] in changed]
+        self._pending = [entry for entry in self._pending if entry[0] not in changed]
+        kept = []
+        for names, values in self._energies:  # a group flushed earlier in this forward goes whole
+            if changed.keys() & set(names):
+                dropped.extend(names)
+            else:
+                kept.append((names, values))
+        self._energies = kept
+        for name, what in changed.items():
+            self._copy_blocks.setdefault(name, set()).update(what)
+        blocks = ", ".join(f"{name!r} ({' and '.join(sorted(what))})" for name, what in sorted(changed.items()))
+        self._warn_once(
+            "in_place:" + ",".join(sorted(changed)),
+            f"the model changes the tensors of block(s) {blocks} in place after the block ran (e.g. "
+            "F.relu(x, inplace=True) on a block's output). From the next forward on timm_lap measures a copy "
+            "of them (one activation each); this forward's transport leaves out "
+            f"{', '.join(repr(n) for n in dict.fromkeys(dropped))}. An out-of-place operation avoids the copy.",
+        )
 
     def _check_block(self, hook: _BlockHook, output: Any, shortcut: torch.Tensor | None) -> bool:
         reason = None
