@@ -118,6 +118,7 @@ def test_autoload_is_cheap_and_imports_nothing_heavy():
     assert startup.stdout.strip() == "True False"  # the .pth hook ran at start-up and stayed light
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_scripting_a_lap_model_gives_the_base_models_inference_graph():
     """torch.jit.script (timm's --torchscript, exports) compiles an untracked copy; the model stays tracked."""
     import copy
