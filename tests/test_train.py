@@ -261,3 +261,39 @@ def test_bad_label_noise(value, capsys):
     with pytest.raises(SystemExit):
         parse_args([*DIGITS, "--label-noise", value])
     assert "--label-noise must be a fraction in [0, 1)" in capsys.readouterr().err
+
+
+FIXTURE_0_1_0 = Path(__file__).parent / "fixtures" / "checkpoint_0.1.0" / "last.pth.tar"
+
+
+def test_a_checkpoint_from_0_1_0_loads_the_same_multiplier():
+    import timm_lap
+
+    state = torch.load(FIXTURE_0_1_0, map_location="cpu", weights_only=False)["timm_lap"]["multiplier"]
+    model = torch.nn.Linear(2, 2)
+    loss = timm_lap.LeastActionLoss(torch.nn.CrossEntropyLoss(), timm_lap.track(
+        torch.nn.Sequential(_FixtureBlock()), blocks=["0"]))
+    multiplier = timm_lap.MultiplierScheduler(torch.optim.SGD(model.parameters(), lr=0.1), loss)
+    multiplier.load_state_dict(state)
+    assert multiplier.lam.dtype == torch.float64 and multiplier.lam.item() == 3.380574345588684
+    assert (multiplier.tau, multiplier.every, multiplier.num_updates) == (0.5, 1, 2)
+
+
+class _FixtureBlock(torch.nn.Module):
+    def forward(self, x):
+        return x + 1
+
+
+@pytest.mark.slow
+def test_a_run_from_0_1_0_resumes_with_its_multiplier(tmp_path):
+    flags = ["--dataset", "sklearn/digits", "--model", "preact_flat9", "--model-kwargs", "width=4", "depth=2",
+             "--train-subset", "64", "-b", "32", "--epochs", "2", "--lap", "--lap-tau", "0.5", "--workers", "0",
+             "--device", "cpu", "--seed", "0", "--output", str(tmp_path), "--experiment", "resumed",
+             "--resume", str(FIXTURE_0_1_0)]
+    args, text = parse_args(flags)
+    result = train(args, text)
+    rows = read_summary(Path(result["output_dir"]) / "summary.csv")
+    assert [int(r["epoch"]) for r in rows] == [1]  # epoch 0 came from the checkpoint
+    # Two more updates of tau * task_loss (task loss well above 0.5 this early) on top of the stored lam; starting
+    # again from lambda0 = 1 would end near 3.3.
+    assert result["lam"] > 3.380574345588684 + 2 * 0.5 * 0.5
