@@ -21,7 +21,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from timm_lap import LeastActionLoss, MultiplierScheduler, energy, track
+from timm_lap import LeastActionLoss, MultiplierScheduler, config, track
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _gpu_timing import synced_steps  # noqa: E402
@@ -75,9 +75,9 @@ def main() -> None:
             gc.disable()
             print("lap gc off", enqueue_and_wall_ms(step), flush=True)
             gc.enable()
-            energy.USE_TRITON = False
+            config.set_fused(False)
             print("lap torch energy", enqueue_and_wall_ms(step), flush=True)
-            energy.USE_TRITON = True
+            config.set_fused(True)
             profiler = cProfile.Profile()
             profiler.enable()
             for _ in range(5):

@@ -24,9 +24,9 @@ def step(model, criterion, optimizer, x, y):
 
 
 def check(lap: bool, taps: bool | None = None) -> dict:
-    from timm_lap import energy
+    from timm_lap import config
 
-    energy.GRAD_TAPS = taps
+    config.set_grad_taps(taps)
     torch.manual_seed(0)
     model = timm.create_model("resnet50", num_classes=100).cuda().to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss()
@@ -48,7 +48,7 @@ def check(lap: bool, taps: bool | None = None) -> dict:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-    energy.GRAD_TAPS = None
+    config.set_grad_taps(None)
     variant = "vanilla" if not lap else "timm_lap" + {None: "", True: "_taps", False: "_notaps"}[taps]
     result = {"variant": variant, "synchronised": error is not None, "error": error}
     if lap:
@@ -93,11 +93,11 @@ def _energy_node(values: torch.Tensor) -> str:
 
 def check_grad_taps() -> dict:
     """Parameter gradients of a LAP step with the gradient taps (the CUDA default) vs without, resnet50 fp32."""
-    from timm_lap import energy
+    from timm_lap import config
 
     grads = {}
     for taps in (True, False):
-        energy.GRAD_TAPS = taps
+        config.set_grad_taps(taps)
         torch.manual_seed(0)
         model = timm.create_model("resnet50", num_classes=10).cuda().to(memory_format=torch.channels_last)
         criterion = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model, weight=0.5)
@@ -106,7 +106,7 @@ def check_grad_taps() -> dict:
         criterion(model(x), y).backward()
         used = {_energy_node(values) for _, values in criterion.tracker._energies}
         grads[taps] = ({n: p.grad for n, p in model.named_parameters()}, used)
-    energy.GRAD_TAPS = None
+    config.set_grad_taps(None)
     worst = max(((grads[True][0][n] - g).abs().max() / g.abs().max().clamp_min(1e-30)).item()
                 for n, g in grads[False][0].items())
     return {"grad_rel": worst, "nodes_with_taps": sorted(grads[True][1]), "nodes_without": sorted(grads[False][1]),

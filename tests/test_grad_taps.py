@@ -6,13 +6,14 @@ import timm
 import torch
 import torch.nn as nn
 
-from timm_lap import LeastActionLoss, energy, track
+from timm_lap import LeastActionLoss, config, energy, track
 from timm_lap.grad_taps import TapRegistry
 
 
 @pytest.fixture
-def taps_on(monkeypatch):
-    monkeypatch.setattr(energy, "GRAD_TAPS", True)
+def taps_on():
+    with config.grad_taps(True):
+        yield
 
 
 def assert_same_grads(actual: dict, expected: dict) -> None:
@@ -23,9 +24,13 @@ def assert_same_grads(actual: dict, expected: dict) -> None:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
 
 
-def _grads(model_name: str, taps: bool, monkeypatch, checkpointing: bool = False, weight: float = 0.5,
+def _grads(model_name: str, taps: bool, checkpointing: bool = False, weight: float = 0.5,
            forwards: int = 1):
-    monkeypatch.setattr(energy, "GRAD_TAPS", taps)
+    with config.grad_taps(taps):
+        return _grads_with_current_taps(model_name, checkpointing, weight, forwards)
+
+
+def _grads_with_current_taps(model_name: str, checkpointing: bool, weight: float, forwards: int):
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=5).train()
     if checkpointing:
@@ -40,19 +45,18 @@ def _grads(model_name: str, taps: bool, monkeypatch, checkpointing: bool = False
 
 
 @pytest.mark.parametrize("model_name", ["resnet18", "resnet26d", "convnext_atto"])
-def test_taps_give_the_same_gradients(model_name, monkeypatch):
-    assert_same_grads(_grads(model_name, True, monkeypatch), _grads(model_name, False, monkeypatch))
+def test_taps_give_the_same_gradients(model_name):
+    assert_same_grads(_grads(model_name, True), _grads(model_name, False))
 
 
-def test_taps_with_gradient_checkpointing_and_two_forwards(monkeypatch):
-    assert_same_grads(_grads("resnet18", True, monkeypatch, checkpointing=True, forwards=2),
-                      _grads("resnet18", False, monkeypatch, checkpointing=True, forwards=2))
+def test_taps_with_gradient_checkpointing_and_two_forwards():
+    assert_same_grads(_grads("resnet18", True, checkpointing=True, forwards=2),
+                      _grads("resnet18", False, checkpointing=True, forwards=2))
 
 
-def test_taps_change_gradients_only_through_the_energy(monkeypatch):
+def test_taps_change_gradients_only_through_the_energy():
     """Weight 0 (the energy is in the graph with a zero factor) equals no regulariser at all."""
-    monkeypatch.setattr(energy, "GRAD_TAPS", True)
-    zero = _grads("resnet18", True, monkeypatch, weight=0.0)
+    zero = _grads("resnet18", True, weight=0.0)
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=5).train()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -117,7 +121,7 @@ def test_tracker_routes_training_energies_through_taps(taps_on):
     tracker = track(model)
     model(torch.randn(2, 3, 32, 32))
     assert all("Tapped" in _node_names(e) for _, e in tracker._energies)
-    energy.GRAD_TAPS = False
+    config.set_grad_taps(False)
     model(torch.randn(2, 3, 32, 32))
     assert not any("Tapped" in _node_names(e) for _, e in tracker._energies)
 

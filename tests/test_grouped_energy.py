@@ -146,13 +146,15 @@ def test_budget_switch_validates_and_the_context_restores():
 
 @pytest.mark.parametrize("raw,message", [("lots", "whole number of bytes"), ("-5", ">= 0")])
 def test_budget_from_the_environment(monkeypatch, raw, message):
+    from timm_lap import config
+
     monkeypatch.setenv("TIMM_LAP_GROUP_BYTES", raw)
     with pytest.raises(ValueError, match=f"TIMM_LAP_GROUP_BYTES must be .*{message}"):
-        grouped_energy._budget_from_env()
+        config._budget_from_env()
     monkeypatch.setenv("TIMM_LAP_GROUP_BYTES", "1024")
-    assert grouped_energy._budget_from_env() == 1024
+    assert config._budget_from_env() == 1024
     monkeypatch.delenv("TIMM_LAP_GROUP_BYTES")
-    assert grouped_energy._budget_from_env() == 32 * 2**20
+    assert config._budget_from_env() == 32 * 2**20
 
 
 # ----------------------------------------------------------------------------- through the tracker
@@ -252,3 +254,17 @@ def test_a_bad_environment_value_fails_at_first_use_not_at_import(monkeypatch, t
     assert result.returncode != 0
     assert "TIMM_LAP_GROUP_BYTES must be a whole number of bytes" in result.stderr
     assert 'File "<string>", line 3' in result.stderr  # raised by the forward: import and create_model worked
+
+
+def test_switches_are_functions_and_context_managers():
+    from timm_lap import config
+
+    with config.fused(False):
+        assert not config.fused_enabled()
+        with config.grad_taps(True):
+            assert config.grad_taps_mode() is True
+    assert config.fused_enabled() and config.grad_taps_mode() is None
+    with pytest.raises(TypeError, match="set_fused takes True or False"):
+        config.set_fused(1)
+    with pytest.raises(TypeError, match="set_grad_taps takes None, True or False"):
+        config.set_grad_taps("on")

@@ -29,9 +29,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import energy
 from .blocks import find_blocks
-from .grouped_energy import grouping
+from .config import fused, fused_enabled, grad_taps, grad_taps_mode, grouping
 from .loss import LeastActionLoss
 from .multiplier import MultiplierScheduler
 from .tracker import track
@@ -112,16 +111,14 @@ def variant_settings(variant: str):
     ``timm_lap_taps`` / ``timm_lap_notaps``: gradient taps forced on / off, one node per block;
     ``timm_lap_torch``: the plain-PyTorch energy instead of the fused CUDA kernels.
     """
-    previous = energy.USE_TRITON, energy.GRAD_TAPS
-    energy.USE_TRITON = previous[0] and variant != "timm_lap_torch"
-    if variant in ("timm_lap_taps", "timm_lap_notaps", "timm_lap_grouped"):
-        energy.GRAD_TAPS = variant == "timm_lap_taps"
+    taps = {"timm_lap_taps": True, "timm_lap_notaps": False, "timm_lap_grouped": False}.get(variant, grad_taps_mode())
     ungrouped = variant in ("timm_lap_ungrouped", "timm_lap_taps", "timm_lap_notaps")
-    try:
-        with grouping(0) if ungrouped else contextlib.nullcontext():
-            yield
-    finally:
-        energy.USE_TRITON, energy.GRAD_TAPS = previous
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(fused(fused_enabled() and variant != "timm_lap_torch"))
+        stack.enter_context(grad_taps(taps))
+        if ungrouped:
+            stack.enter_context(grouping(0))
+        yield
 
 
 @dataclass

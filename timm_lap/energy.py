@@ -7,22 +7,16 @@ plain PyTorch, which is also the reference the tests compare against.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from .config import fused_enabled, grad_taps_mode
 from .grad_taps import TapRegistry, Term
 
 __all__ = ["block_energy", "reference_energy", "use_grad_taps"]
 
 
-# Eager CUDA uses the fused Triton kernels when available; TIMM_LAP_TRITON=0 (or setting this to
-# False) forces the plain-PyTorch path.
-USE_TRITON = os.environ.get("TIMM_LAP_TRITON", "1") != "0"
-# Gradient taps (timm_lap.grad_taps): None = on for eager CUDA with the Triton kernels, True = always in
-# eager mode (CPU too: the tests), False = never. TIMM_LAP_GRAD_TAPS=0 turns them off.
-GRAD_TAPS: bool | None = None if os.environ.get("TIMM_LAP_GRAD_TAPS", "1") != "0" else False
 
 
 def _load_triton():
@@ -40,7 +34,7 @@ _triton_loaded = False
 def _fused_kernels(out: torch.Tensor, shortcut: torch.Tensor):
     """The Triton module if it applies to these tensors (eager, CUDA, dense, same strides), else None."""
     global _triton, _triton_loaded
-    if not USE_TRITON or torch.compiler.is_compiling() or out.device.type != "cuda" or shortcut.device != out.device:
+    if out.device.type != "cuda" or not fused_enabled() or torch.compiler.is_compiling() or shortcut.device != out.device:
         return None
     if not _triton_loaded:
         _triton, _triton_loaded = _load_triton(), True
@@ -129,9 +123,10 @@ class _TappedSquaredDisplacementMean(torch.autograd.Function):
 
 def use_grad_taps(out: torch.Tensor) -> bool:
     """Whether the tracker should route this block's energy gradient through taps."""
-    if GRAD_TAPS is False or torch.compiler.is_compiling():
+    mode = grad_taps_mode()
+    if mode is False or torch.compiler.is_compiling():
         return False
-    return GRAD_TAPS is True or (out.device.type == "cuda" and USE_TRITON)
+    return mode is True or (out.device.type == "cuda" and fused_enabled())
 
 
 def reference_energy(out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0) -> torch.Tensor:

@@ -7,71 +7,22 @@ all K blocks, instead of one autograd node and several operator calls per block.
 
 The tracker groups the blocks of one forward pass into such nodes. A node's backward returns the
 gradients of all its blocks at once, before autograd reaches those blocks, so a group holds at most
-:func:`grouping_budget` bytes of gradients (``TIMM_LAP_GROUP_BYTES``; 0 turns grouping off and every
+:func:`timm_lap.config.grouping_budget` bytes of gradients (``TIMM_LAP_GROUP_BYTES``; 0 turns grouping off and every
 block gets its own node, the behaviour before grouping). Like the per-block node, the group saves only
 references to tensors autograd keeps anyway, and forms and reduces the displacement in float32 (float64 for
 float64 tensors).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from .config import grouping, grouping_budget, set_grouping_budget  # re-exported: their home before config
 from .energy import displacement, unpack_saved
 
 __all__ = ["grouped_energies", "grouping_budget", "set_grouping_budget", "grouping"]
-
-_DEFAULT_BUDGET = 32 * 2**20
-
-
-def _budget_from_env() -> int:
-    raw = os.environ.get("TIMM_LAP_GROUP_BYTES", "")
-    if not raw:
-        return _DEFAULT_BUDGET
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"TIMM_LAP_GROUP_BYTES must be a whole number of bytes (0 = no grouping); got {raw!r}."
-        ) from None
-    if value < 0:
-        raise ValueError(f"TIMM_LAP_GROUP_BYTES must be >= 0 (0 = no grouping); got {value}.")
-    return value
-
-
-_budget: int | None = None  # read from the environment at first use, so a bad value never breaks an import
-
-
-def grouping_budget() -> int:
-    """Bytes of early gradients one group may hold (0: one autograd node per block)."""
-    global _budget
-    if _budget is None:
-        _budget = _budget_from_env()
-    return _budget
-
-
-def set_grouping_budget(nbytes: int) -> None:
-    """Set the group budget in bytes for this process; 0 turns grouping off."""
-    global _budget
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-        raise ValueError(f"the grouping budget must be an int >= 0 (bytes; 0 = no grouping); got {nbytes!r}.")
-    _budget = nbytes
-
-
-@contextlib.contextmanager
-def grouping(nbytes: int) -> Iterator[None]:
-    """Context manager: use ``nbytes`` as the grouping budget inside the block, then restore it."""
-    previous = grouping_budget()
-    set_grouping_budget(nbytes)
-    try:
-        yield
-    finally:
-        set_grouping_budget(previous)
-
 
 def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], all_float32: bool) -> list[torch.Tensor]:
     """``out_k - shortcut_k`` (new tensors) as :func:`timm_lap.energy.displacement` forms them: float32, or the

@@ -13,7 +13,8 @@ import torch.nn as nn
 from .blocks import BlockSelector, BlockSpec, find_blocks, select_blocks
 from .energy import block_energy, use_grad_taps
 from .grad_taps import TapRegistry
-from .grouped_energy import grouped_energies, grouping_budget
+from .config import grouping_budget
+from .grouped_energy import grouped_energies
 from .sampling import RowSample, validate_sample
 
 __all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_training_forward", "strip_tracking"]
