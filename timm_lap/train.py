@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import sys
-import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from datetime import datetime
