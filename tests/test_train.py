@@ -297,3 +297,20 @@ def test_a_run_from_0_1_0_resumes_with_its_multiplier(tmp_path):
     # Two more updates of tau * task_loss (task loss well above 0.5 this early) on top of the stored lam; starting
     # again from lambda0 = 1 would end near 3.3.
     assert result["lam"] > 3.380574345588684 + 2 * 0.5 * 0.5
+
+
+def test_curves_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    from timm_lap.train import plot_curves
+
+    summary = tmp_path / "summary.csv"
+    summary.write_text("epoch,task_loss,transport,lap_lambda,eval_top1\n0,2.0,1.0,1.5,50\n1,1.5,0.8,2.5,60\n")
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend the caller chose
+    try:
+        out = plot_curves(str(summary), str(tmp_path / "curves.png"))
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert out and (tmp_path / "curves.png").stat().st_size > 0 and not list(tmp_path.glob("*.tmp*"))

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from . import plotting
 from .blocks import BlockSpec, find_blocks, select_blocks
 from .tracker import _first_tensor, get_tracker, track, unwrap_model
 
@@ -166,20 +167,11 @@ def plot_energy_profile(profile: dict[str, float], path: str | Path, title: str 
 
 
 def _figure(figsize: tuple[float, float]) -> Any:
-    """A matplotlib Figure that needs no pyplot, so no global backend is chosen for the user."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'timm-lap[analysis]'") from err
-    return Figure(figsize=figsize)
+    return plotting.new_figure(figsize)
 
 
 def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)  # a pyplot-free Figure renders with Agg
-    return path
+    return plotting.save_figure(fig, path, dpi=120)
 
 
 # ------------------------------------------------------------------- stages

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import time
 from typing import Any, Sequence
 
+from . import plotting
 from .analysis import validation_transport
 from .train import read_summary, train
 from .train_args import parse_args
@@ -28,35 +28,15 @@ def _run(name: str, common: list[str], extra: list[str]) -> dict[str, Any]:
     return result
 
 
-def _plot(results: dict[str, dict[str, Any]], path: str) -> str | None:
-    try:
-        import matplotlib
+DEMO_PANELS = (("task_loss", "training task loss"), ("eval_top1", "validation top-1 (%)"),
+               ("transport", "training transport (LAP)"), ("lap_lambda", "multiplier lam (LAP)"))
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    panels = [("task_loss", "training task loss"), ("eval_top1", "validation top-1 (%)"),
-              ("transport", "training transport (LAP)"), ("lap_lambda", "multiplier lam (LAP)")]
-    colors = {"vanilla": "tab:blue", "lap": "tab:orange"}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
-    for name, result in results.items():
-        rows = read_summary(os.path.join(result["output_dir"], "summary.csv"))
-        epochs = [int(r["epoch"]) for r in rows]
-        for ax, (key, title) in zip(axes, panels):
-            values = [float(r[key]) if r[key] else math.nan for r in rows]
-            if all(math.isnan(v) for v in values):
-                continue
-            ax.plot(epochs, values, marker="o", ms=3, label=name, color=colors.get(name))
-            ax.set_title(title)
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle("timm-lap demo: resnet10t on scikit-learn digits (low-data subset)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+def _plot(results: dict[str, dict[str, Any]], path: str) -> str | None:
+    runs = {name: read_summary(os.path.join(result["output_dir"], "summary.csv")) for name, result in results.items()}
+    drawn = plotting.plot_curves(runs, DEMO_PANELS, path, colors={"vanilla": "tab:blue", "lap": "tab:orange"},
+                                 title="timm-lap demo: resnet10t on scikit-learn digits (low-data subset)")
+    return None if drawn is None else str(drawn)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

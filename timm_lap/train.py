@@ -43,6 +43,7 @@ from .data import (class_balanced_subset, create_lap_dataset, dataset_num_classe
 from .loss import LeastActionLoss
 from .models import LAP_SUFFIX
 from .multiplier import MultiplierScheduler
+from . import plotting
 from .tracker import get_tracker, track
 from .train_args import parse_args
 
@@ -303,34 +304,14 @@ def read_summary(path: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+TRAIN_PANELS = (("task_loss", "training task loss"), ("transport", "training transport"),
+                ("lap_lambda", "multiplier lam"), ("eval_top1", "validation top-1 (%)"))
+
+
 def plot_curves(summary_path: str, out_path: str) -> str | None:
     """Task loss, transport, lam and validation accuracy per epoch, as a PNG (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = read_summary(summary_path)
-    if not rows:
-        return None
-    epochs = [int(r["epoch"]) for r in rows]
-    panels = [("task_loss", "training task loss"), ("transport", "training transport"),
-              ("lap_lambda", "multiplier lam"), ("eval_top1", "validation top-1 (%)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels):
-        values = [float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows]
-        ax.plot(epochs, values, marker="o", ms=3)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_path)
-    return out_path
+    path = plotting.plot_curves({"": read_summary(summary_path)}, TRAIN_PANELS, out_path)
+    return None if path is None else str(path)
 
 
 def train(
