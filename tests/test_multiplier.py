@@ -185,3 +185,28 @@ def test_distributed_ranks_hold_bit_identical_lam():
     expected = 1.0 + 0.5 * sum((a + b) / 2 for a, b in zip(tasks0, tasks1))
     assert lam0 == pytest.approx(expected, rel=1e-6)  # ...and lam used their average
     assert math.isfinite(lam0)
+
+
+def test_state_is_module_buffers_and_extra_state():
+    model = ResidualMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model)
+    sched = timm_lap.MultiplierScheduler(opt, loss_fn, tau=0.5, every=2, lambda0=3.0)
+    assert isinstance(sched, nn.Module) and loss_fn.multiplier is sched is loss_fn.scheduler
+    assert all(m is not sched for m in loss_fn.modules())  # a reference, not a submodule
+    sched.step(torch.tensor(2.0))
+    state = sched.state_dict()
+    assert set(state) == {"lam", "inverse_lam", "pending_sum", "_extra_state"}
+    assert state["lam"].dtype == torch.float64 and state["lam"].item() == 4.0
+    assert state["_extra_state"] == {"tau": 0.5, "every": 2, "lambda0": 3.0, "num_updates": 0, "pending_count": 0}
+    other = timm_lap.MultiplierScheduler(opt, timm_lap.LeastActionLoss(nn.CrossEntropyLoss(), model))
+    other.load_state_dict(state)
+    assert other.lam.item() == 4.0 and other.inverse_lam.item() == 0.25 and (other.tau, other.every) == (0.5, 2)
+    flat = {"lam": torch.tensor(7.0, dtype=torch.float64), "tau": 1.0, "every": 1, "lambda0": 1.0, "num_updates": 3,
+            "pending_sum": None, "pending_count": 0}  # the 0.1.0 layout
+    other.load_state_dict(flat)
+    assert other.lam.item() == 7.0 and other.num_updates == 3
+    with pytest.raises(KeyError, match="missing"):
+        other.load_state_dict({"lam": torch.tensor(1.0)})
+    sched.remove()
+    assert loss_fn.multiplier is None and loss_fn.lam.item() == 1.0

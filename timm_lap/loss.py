@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn as nn
@@ -10,10 +10,18 @@ import torch.nn as nn
 from .sampling import validate_sample
 from .tracker import DisplacementTracker, get_tracker, track
 
-if TYPE_CHECKING:
-    from .multiplier import MultiplierScheduler
 
-__all__ = ["LeastActionLoss"]
+
+class Multiplier(Protocol):
+    """What :class:`LeastActionLoss` needs from a multiplier (MultiplierScheduler is one)."""
+
+    lam: torch.Tensor  # the multiplier, for logging
+    inverse_lam: torch.Tensor  # 1 / lam, the factor on the transport cost
+
+    def observe(self, task_loss: torch.Tensor) -> None:
+        """Called with each training forward's task loss."""
+
+__all__ = ["LeastActionLoss", "Multiplier"]
 
 
 class LeastActionLoss(nn.Module):
@@ -65,15 +73,39 @@ class LeastActionLoss(nn.Module):
                 f"got {type(model_or_tracker).__name__}."
             )
         self.weight = None if weight is None else float(weight)
-        self.scheduler: MultiplierScheduler | None = None
+        self._multiplier: Multiplier | None = None
         self.task_loss: torch.Tensor | None = None
         self.transport: torch.Tensor | None = None
         self._lam0 = torch.ones((), dtype=torch.float64)
 
+    # ------------------------------------------------------------- the multiplier interface
+    @property
+    def multiplier(self) -> Multiplier | None:
+        """The attached multiplier (a :class:`~timm_lap.MultiplierScheduler`), or None."""
+        return self._multiplier
+
+    @property
+    def scheduler(self) -> Multiplier | None:
+        """The attached multiplier (its earlier name)."""
+        return self._multiplier
+
+    def attach_multiplier(self, multiplier: Multiplier) -> None:
+        """Use ``multiplier``: the loss becomes ``task + transport * multiplier.inverse_lam`` and reports each
+        training task loss to ``multiplier.observe()``. MultiplierScheduler calls this itself."""
+        if self._multiplier is not None and self._multiplier is not multiplier:
+            raise ValueError("this LeastActionLoss already has a multiplier; call its remove() first.")
+        # A plain reference, not a submodule: the multiplier's state is saved on its own.
+        object.__setattr__(self, "_multiplier", multiplier)
+
+    def detach_multiplier(self, multiplier: Multiplier) -> None:
+        """Stop using ``multiplier`` (back to ``lam0 = 1``); no effect if it is not the attached one."""
+        if self._multiplier is multiplier:
+            object.__setattr__(self, "_multiplier", None)
+
     @property
     def lam(self) -> torch.Tensor:
-        """Current multiplier (detached): the scheduler's, else ``lam0 = 1``."""
-        return (self.scheduler.lam if self.scheduler is not None else self._lam0).detach()
+        """Current multiplier (detached): the attached multiplier's, else ``lam0 = 1``."""
+        return (self._multiplier.lam if self._multiplier is not None else self._lam0).detach()
 
     def forward(self, output: Any, target: Any) -> torch.Tensor:
         task = self.criterion(output, target)
@@ -85,12 +117,13 @@ class LeastActionLoss(nn.Module):
             )
         # The transport of the forward that produced this output (two views: each loss gets its own).
         transport = self.tracker.transport_cost(output)
-        if self.scheduler is not None:
+        multiplier = self._multiplier
+        if multiplier is not None:
             # Only a loss that can reach an optimizer update counts: not an eval-mode forward that runs with
             # autograd on (a validation pass without torch.no_grad()).
             if task.requires_grad and self.tracker.forward_trains(output) is not False:
-                self.scheduler.observe(task)
-            total = torch.addcmul(task, transport, self.scheduler.inverse_lam)
+                multiplier.observe(task)
+            total = torch.addcmul(task, transport, multiplier.inverse_lam)
         elif self.weight is not None:
             total = torch.add(task, transport, alpha=self.weight)
         else:
