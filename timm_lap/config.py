@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "fused", "fused_enabled", "grad_taps", "grad_taps_mode", "grouping", "grouping_budget", "set_fused",
@@ -44,14 +44,18 @@ def set_fused(enabled: bool) -> None:
 
 
 @contextlib.contextmanager
-def fused(enabled: bool) -> Iterator[None]:
-    """``with fused(False):`` the plain-PyTorch energy inside the block, the previous setting after it."""
-    previous = fused_enabled()
-    set_fused(enabled)
+def _switched(get: Callable[[], Any], set_: Callable[[Any], None], value: Any) -> Iterator[None]:
+    previous = get()
+    set_(value)
     try:
         yield
     finally:
-        set_fused(previous)
+        set_(previous)
+
+
+def fused(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """``with fused(False):`` the plain-PyTorch energy inside the block, the previous setting after it."""
+    return _switched(fused_enabled, set_fused, enabled)
 
 
 # ------------------------------------------------------------------------------------------- gradient taps
@@ -71,15 +75,9 @@ def set_grad_taps(mode: bool | None) -> None:
     _grad_taps = mode
 
 
-@contextlib.contextmanager
-def grad_taps(mode: bool | None) -> Iterator[None]:
+def grad_taps(mode: bool | None) -> contextlib.AbstractContextManager[None]:
     """``with grad_taps(True):`` the taps' mode inside the block, the previous one after it."""
-    previous = grad_taps_mode()
-    set_grad_taps(mode)
-    try:
-        yield
-    finally:
-        set_grad_taps(previous)
+    return _switched(grad_taps_mode, set_grad_taps, mode)
 
 
 # ------------------------------------------------------------------------------------------- grouping budget
@@ -114,12 +112,6 @@ def set_grouping_budget(nbytes: int) -> None:
     _budget = nbytes
 
 
-@contextlib.contextmanager
-def grouping(nbytes: int) -> Iterator[None]:
+def grouping(nbytes: int) -> contextlib.AbstractContextManager[None]:
     """``with grouping(0):`` one autograd node per block inside the block, the previous budget after it."""
-    previous = grouping_budget()
-    set_grouping_budget(nbytes)
-    try:
-        yield
-    finally:
-        set_grouping_budget(previous)
+    return _switched(grouping_budget, set_grouping_budget, nbytes)
