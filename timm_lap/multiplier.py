@@ -157,10 +157,8 @@ class MultiplierScheduler(nn.Module):
         # so checking it never stalls the device; on an accelerator the warning may come one update late.
         if self._warned:
             return
-        if self._nonfinite.device.type == "cpu":
-            seen = bool(self._nonfinite_host)
-        else:
-            seen = bool(self._nonfinite_host)  # result of the previous update's copy
+        seen = bool(self._nonfinite_host)  # on an accelerator: the previous update's copy
+        if self._nonfinite.device.type != "cpu":
             if self._pinned_flag is None:
                 self._pinned_flag = torch.zeros((), dtype=torch.bool, pin_memory=True)
                 self._nonfinite_host = self._pinned_flag.numpy()
