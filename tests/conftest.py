@@ -1,4 +1,7 @@
+import importlib.util
 import warnings
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -38,3 +41,14 @@ class ResidualMLP(nn.Module):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script that is not part of a package (an example, a benchmark) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

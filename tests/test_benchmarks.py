@@ -1,14 +1,16 @@
 """Benchmarks: statistics helpers, resumable results file, and each script's --smoke mode end to end."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -17,10 +19,7 @@ def _load(name: str):
     """Import benchmarks/<name>.py (benchmarks/ is not a package)."""
     if BENCH not in sys.path:
         sys.path.insert(0, BENCH)
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(BENCH) / f"{name}.py", f"bench_{name}")
 
 
 C = _load("_common")

@@ -1,12 +1,13 @@
 """Smoke test of the examples: they run end to end and report sane numbers."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from conftest import load_script
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -16,10 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py", f"example_{name}")
 
 
 def test_digits_lap_vs_vanilla_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,12 +1,13 @@
 """The two-moons example runs end to end and LAP moves the points less than vanilla training."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from conftest import load_script
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -16,10 +17,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_moons.py"
 
 
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_two_moons", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "example_two_moons")
 
 
 def test_two_moons_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
