@@ -23,7 +23,7 @@ import timm
 import torch
 
 from timm_lap import energy, grad_taps, loss, multiplier, tracker
-from timm_lap.bench import _build, build_parser
+from timm_lap.bench import build_variant, build_parser
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _gpu_timing import pipelined_step, synced_steps  # noqa: E402
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     name = args.models[0]
     state = timm.create_model(name, num_classes=args.num_classes).state_dict()
-    variants = [_build(name, v, args, device, state) for v in args.variants]
+    variants = [build_variant(name, v, args, device, state) for v in args.variants]
     for v in variants:
         for _ in range(args.warmup):
             v.step()

@@ -17,7 +17,7 @@ import sys
 import timm
 import torch
 
-from timm_lap.bench import _build, _model_kwargs, build_parser, variant_settings
+from timm_lap.bench import build_variant, model_kwargs, build_parser, variant_settings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _gpu_timing import pipelined_step, synced_steps  # noqa: E402
@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timm": timm.__version__,
                     "settings": {k: v for k, v in vars(args).items()}, "models": {}}
     for name in args.models:
-        state = timm.create_model(name, num_classes=args.num_classes, **_model_kwargs(name, args)).state_dict()
+        state = timm.create_model(name, num_classes=args.num_classes, **model_kwargs(name, args)).state_dict()
         report["models"][name] = {}
         for variant in args.variants:
-            v = _build(name, variant, args, device, state)
+            v = build_variant(name, variant, args, device, state)
             with variant_settings(variant):
                 res = profile_variant(v, args)
             with open(os.path.join(args.out, f"kernels_{name}_{variant}.txt"), "w") as f:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import plotting
 from .blocks import BlockSpec, find_blocks, select_blocks
-from .tracker import _first_tensor, get_tracker, track, unwrap_model
+from .tracker import first_tensor, get_tracker, track, unwrap_model
 
 __all__ = [
     "draw_trajectories",
@@ -196,7 +196,7 @@ def _probe(model: nn.Module, example_input: torch.Tensor, specs: Sequence[BlockS
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             rec.calls += 1
             if rec.calls == 1:
-                rec.inp, rec.order = _first_tensor(args, kwargs), next(counter)
+                rec.inp, rec.order = first_tensor(args, kwargs), next(counter)
 
         return hook
 
@@ -290,7 +290,7 @@ class _StageRecorder:
             self.handles.append(modules[name].register_forward_hook(self._output_hook(k)))
 
     def _store_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.steps[0] = _flat64(_first_tensor(args, kwargs))
+        self.steps[0] = _flat64(first_tensor(args, kwargs))
 
     def _output_hook(self, k: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:

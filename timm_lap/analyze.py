@@ -25,7 +25,7 @@ from .analysis import energy_profile, plot_energy_profile, plot_trajectories, sa
     transport_efficiency
 from .data import create_lap_dataset, dataset_num_classes
 from .tracker import get_tracker
-from .train import DATASET_INPUT_DEFAULTS, _apply_dataset_defaults
+from .train import DATASET_INPUT_DEFAULTS, apply_dataset_defaults
 
 __all__ = ["analyze", "main", "parse_args"]
 
@@ -291,7 +291,7 @@ def _resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[st
     args.split = args.split or "validation"
     if train_args.get("model") not in (None, args.model):
         _say(f"note: the checkpoint was trained as {train_args['model']!r}, analysing it as {args.model!r}")
-    _apply_dataset_defaults(args)
+    apply_dataset_defaults(args)
     return checkpoint, inherited
 
 

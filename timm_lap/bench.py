@@ -35,7 +35,7 @@ from .loss import LeastActionLoss
 from .multiplier import MultiplierScheduler
 from .tracker import track
 
-__all__ = ["saved_activation_bytes", "run_benchmark", "main"]
+__all__ = ["saved_activation_bytes", "run_benchmark", "main", "build_variant", "model_kwargs", "variant_settings"]
 
 DEFAULT_MODELS = ("resnet18", "resnet50", "convnext_atto", "vit_tiny_patch16_224")
 VARIANTS = (
@@ -168,15 +168,15 @@ class ModelSpec:
     threads: int | None = None  # torch threads while this spec runs (None: leave as is)
 
 
-def _model_kwargs(name: str, args: argparse.Namespace) -> dict:
-    # Transformers need the benchmark's image size at construction; CNNs take any size.
+def model_kwargs(name: str, args: argparse.Namespace) -> dict:
+    """Extra ``create_model`` kwargs: transformers need the benchmark's image size at construction."""
     return {"img_size": args.img_size} if "vit" in name or "swin" in name else {}
 
 
 def timm_spec(name: str, args: argparse.Namespace) -> ModelSpec:
     """A timm model by name at the benchmark's image size, batch size and number of classes."""
     return ModelSpec(
-        name, lambda: timm.create_model(name, num_classes=args.num_classes, **_model_kwargs(name, args)),
+        name, lambda: timm.create_model(name, num_classes=args.num_classes, **model_kwargs(name, args)),
         (3, args.img_size, args.img_size), args.batch_size, args.num_classes,
     )
 
@@ -197,9 +197,10 @@ def paper_specs() -> list[ModelSpec]:
     ]
 
 
-def _build(
+def build_variant(
     name: str | ModelSpec, variant: str, args: argparse.Namespace, device: torch.device, state: dict
 ) -> Variant:
+    """One variant of a benchmarked network (same weights ``state``), ready to ``step()``."""
     spec = timm_spec(name, args) if isinstance(name, str) else name
     model = spec.create()
     model.load_state_dict(state)
@@ -272,7 +273,7 @@ def bench_model(
 def _bench_spec(spec: ModelSpec, args: argparse.Namespace, device: torch.device, variant_names: list[str]) -> dict:
     torch.manual_seed(0)
     state = spec.create().state_dict()
-    variants = [_build(spec, v, args, device, state) for v in variant_names]
+    variants = [build_variant(spec, v, args, device, state) for v in variant_names]
     result: dict = {"model": spec.label, "batch_size": spec.batch_size, "threads": torch.get_num_threads(),
                     "steps_per_sample": spec.steps_per_sample}
     if not args.compile:

@@ -17,7 +17,8 @@ from .config import grouping_budget
 from .grouped_energy import grouped_energies
 from .sampling import RowSample, validate_sample
 
-__all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_training_forward", "strip_tracking"]
+__all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_training_forward", "strip_tracking",
+           "first_tensor"]
 
 _TRACKER_ATTR = "_timm_lap_tracker"
 _MAX_FORWARDS = 16  # recent forwards whose transport a loss can still ask for by output
@@ -59,7 +60,8 @@ def _saved_tensor_hooks_active() -> bool:
     return True if _top_saved_tensors_hooks is None else _top_saved_tensors_hooks(False) is not None
 
 
-def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The first tensor among a call's positional then keyword arguments (a block's input), or None."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
             return value
@@ -98,7 +100,7 @@ class _BlockHook:
         elif args and isinstance(args[0], torch.Tensor):
             shortcut = args[0]
         else:
-            shortcut = _first_tensor(args, kwargs)
+            shortcut = first_tensor(args, kwargs)
         self.captured = None
         self.tracker._record(self, module, output, shortcut)
 

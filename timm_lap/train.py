@@ -96,7 +96,8 @@ def _resolve_device(args: argparse.Namespace) -> None:
         raise SystemExit("timm-lap train: --device cuda was asked for but no CUDA device is available; use --device cpu.")
 
 
-def _apply_dataset_defaults(args: argparse.Namespace) -> None:
+def apply_dataset_defaults(args: argparse.Namespace) -> None:
+    """Fill the input size, mean and std of a known small dataset into ``args`` where the user gave none."""
     defaults = DATASET_INPUT_DEFAULTS.get(args.dataset)
     if not defaults:
         return
@@ -327,7 +328,7 @@ def train(
         args.lap = True
     if args.lap_weight is not None:
         args.lap = True
-    _apply_dataset_defaults(args)
+    apply_dataset_defaults(args)
     device = init_distributed_device(args)
     primary = is_primary(args)
     random_seed(args.seed, args.rank)
