@@ -12,6 +12,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .config import fused_enabled, grad_taps_mode
+from .displacement import displacement
 from .grad_taps import TapRegistry, Term
 
 __all__ = ["block_energy", "reference_energy", "use_grad_taps"]
@@ -43,18 +44,6 @@ def _fused_kernels(out: torch.Tensor, shortcut: torch.Tensor):
     return _triton
 
 
-def energy_dtype(out: torch.Tensor, shortcut: torch.Tensor) -> torch.dtype:
-    """The dtype the displacement is formed and reduced in: the wider of both tensors', and at least float32."""
-    return torch.promote_types(torch.promote_types(out.dtype, shortcut.dtype), torch.float32)
-
-
-def displacement(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``out - shortcut`` as a new tensor in :func:`energy_dtype` (float64 models keep their precision:
-    a displacement small against the activations is not lost to float32 rounding)."""
-    dtype = energy_dtype(out, shortcut)
-    return out.to(dtype) - shortcut.to(dtype)
-
-
 def _squared_displacement_mean(out: torch.Tensor, shortcut: torch.Tensor, term: Term | None = None) -> torch.Tensor:
     kernels = _fused_kernels(out, shortcut)
     if kernels is not None:
@@ -81,7 +70,7 @@ def unpack_saved(ctx) -> tuple[torch.Tensor, ...]:
 
 
 class _SquaredDisplacementMean(torch.autograd.Function):
-    """``mean((out - shortcut)^2)`` in :func:`energy_dtype`; backward recomputes ``out - shortcut``."""
+    """``mean((out - shortcut)^2)`` in :func:`~timm_lap.displacement.energy_dtype`; backward recomputes ``out - shortcut``."""
 
     @staticmethod
     def forward(ctx, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -130,7 +119,7 @@ def use_grad_taps(out: torch.Tensor) -> bool:
 
 
 def reference_energy(out: torch.Tensor, shortcut: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """Plain-PyTorch ``mean(|out - shortcut|^p)`` in :func:`energy_dtype` (any ``p > 0``)."""
+    """Plain-PyTorch ``mean(|out - shortcut|^p)`` in :func:`~timm_lap.displacement.energy_dtype` (any ``p > 0``)."""
     d = displacement(out, shortcut)
     if p == 2.0:
         return d.square().mean()

@@ -17,6 +17,8 @@ import weakref
 
 import torch
 
+from .displacement import displacement
+
 __all__ = ["Term", "TapRegistry", "add_terms"]
 
 
@@ -96,8 +98,6 @@ class TapRegistry:
 
 
 def _torch_add_terms(grad: torch.Tensor, terms: list[tuple[Term, float]]) -> torch.Tensor:
-    from .energy import displacement  # energy imports this module
-
     dtype = torch.promote_types(grad.dtype, torch.float32)
     acc = grad.to(dtype)
     if acc is grad:

@@ -20,7 +20,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .config import grouping, grouping_budget, set_grouping_budget  # re-exported: their home before config
-from .energy import displacement, unpack_saved
+from .displacement import displacement
+from .energy import unpack_saved
 
 __all__ = ["grouped_energies", "grouping_budget", "set_grouping_budget", "grouping"]
 
