@@ -24,6 +24,7 @@ from timm.utils import random_seed
 from .analysis import energy_profile, plot_energy_profile, plot_trajectories, same_width_stages, trajectories, \
     transport_efficiency
 from .data import create_lap_dataset, dataset_num_classes
+from .device import resolve_device
 from .tracker import get_tracker
 from .train import DATASET_INPUT_DEFAULTS, apply_dataset_defaults
 
@@ -143,14 +144,6 @@ def _load_weights(model: nn.Module, path: str) -> None:
 
 
 # ---------------------------------------------------------------- model, data
-def _resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for but no CUDA device is available; use --device cpu.")
-    return torch.device(name)
-
-
 def _create_dataset(args: argparse.Namespace) -> Any:
     try:
         return create_lap_dataset(args.dataset, root=args.data_dir or "", split=args.split, is_training=False,
@@ -336,7 +329,7 @@ def _measure(model: nn.Module, loader: Any, args: argparse.Namespace, device: to
 def analyze(args: argparse.Namespace) -> dict[str, Any]:
     """Run the analysis described by ``args`` (see :func:`parse_args`); write the report and return the results."""
     checkpoint, inherited = _resolve_settings(args)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device, "timm-lap analyze")
     dataset = _create_dataset(args)
     num_classes = args.num_classes or dataset_num_classes(dataset)
     model, info = _build_model(args, num_classes, checkpoint)

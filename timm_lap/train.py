@@ -44,6 +44,7 @@ from .loss import LeastActionLoss
 from .models import LAP_SUFFIX
 from .multiplier import MultiplierScheduler
 from . import plotting
+from .device import resolve_device
 from .tracker import get_tracker, track
 from .train_args import parse_args
 
@@ -90,10 +91,10 @@ class ExtraTrainingState:
 
 
 def _resolve_device(args: argparse.Namespace) -> None:
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("timm-lap train: --device cuda was asked for but no CUDA device is available; use --device cpu.")
+    try:
+        args.device = str(resolve_device(args.device, "timm-lap train"))
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def apply_dataset_defaults(args: argparse.Namespace) -> None:
