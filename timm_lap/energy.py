@@ -7,7 +7,6 @@ plain PyTorch, which is also the reference the tests compare against.
 """
 from __future__ import annotations
 
-
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -16,8 +15,6 @@ from .displacement import displacement
 from .grad_taps import TapRegistry, Term
 
 __all__ = ["block_energy", "reference_energy", "use_grad_taps"]
-
-
 
 
 def _load_triton():

@@ -14,7 +14,7 @@ float64 tensors).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -25,8 +25,9 @@ from .energy import unpack_saved
 
 __all__ = ["grouped_energies", "grouping_budget", "set_grouping_budget", "grouping"]
 
+
 def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], all_float32: bool) -> list[torch.Tensor]:
-    """``out_k - shortcut_k`` (new tensors) as :func:`timm_lap.energy.displacement` forms them: float32, or the
+    """``out_k - shortcut_k`` (new tensors) as :func:`timm_lap.displacement.displacement` forms them: float32, or the
     wider dtype of the pair (float64 models keep their precision)."""
     if all_float32:
         return list(torch._foreach_sub(outs, shortcuts))
@@ -36,8 +37,8 @@ def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tenso
 _constants: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
 
-def _device_constant(key: tuple, values: list, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
-    """``torch.tensor(values)`` on ``like``'s device, made once per key.
+def _device_constant(key: tuple, values: Callable[[], list], dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """``torch.tensor(values())`` on ``like``'s device, made once per key (``values`` runs only then).
 
     Cached, and copied to an accelerator from pinned memory without blocking: a plain copy from a
     Python list waits for the device. A network's block sizes are the same from one step to the next.
@@ -47,7 +48,7 @@ def _device_constant(key: tuple, values: list, dtype: torch.dtype, like: torch.T
     if cached is None:
         if len(_constants) > 256:  # changing batch sizes or sampled chunks: keep the cache small
             _constants.clear()
-        host = torch.tensor(values, dtype=dtype)
+        host = torch.tensor(values(), dtype=dtype)
         if like.device.type == "cpu":
             cached = (host, None)
         else:
@@ -60,12 +61,11 @@ def _device_constant(key: tuple, values: list, dtype: torch.dtype, like: torch.T
 def _per_block_scale(numels: tuple[int, ...], weights: tuple[float, ...] | None, factor: float,
                      like: torch.Tensor) -> torch.Tensor:
     """The vector ``factor * weight_k / numel_k`` on ``like``'s device, in its dtype (float32 or float64)."""
-    key = ("scale", numels, weights, factor)
-    cached = _constants.get((*key, like.dtype, like.device))
-    if cached is not None:
-        return cached[0]
-    weights = weights or (1.0,) * len(numels)
-    return _device_constant(key, [factor * w / max(n, 1) for n, w in zip(numels, weights)], like.dtype, like)
+    return _device_constant(
+        ("scale", numels, weights, factor),
+        lambda: [factor * w / max(n, 1) for n, w in zip(numels, weights or (1.0,) * len(numels))],
+        like.dtype, like,
+    )
 
 
 # Groups of small float32 tensors of one shape are stacked into one tensor: a handful of whole-group
@@ -90,9 +90,10 @@ class _StackedPlan:
     def __init__(self, out_index: tuple[int, ...], shortcut_index: tuple[int, ...], like: torch.Tensor) -> None:
         k = len(out_index)
         self.chain = out_index == tuple(range(1, k + 1)) and shortcut_index == tuple(range(k))
-        self.out_index = None if self.chain else _device_constant(("index", out_index), list(out_index), torch.long, like)
+        self.out_index = None if self.chain else _device_constant(
+            ("index", out_index), lambda: list(out_index), torch.long, like)
         self.shortcut_index = None if self.chain else _device_constant(
-            ("index", shortcut_index), list(shortcut_index), torch.long, like)
+            ("index", shortcut_index), lambda: list(shortcut_index), torch.long, like)
 
     def displacements(self, stacked: torch.Tensor) -> torch.Tensor:
         if self.chain:
@@ -100,12 +101,11 @@ class _StackedPlan:
         return stacked.index_select(0, self.out_index) - stacked.index_select(0, self.shortcut_index)
 
     def gradients(self, d: torch.Tensor, count: int) -> torch.Tensor:
+        grads = torch.zeros((count, *d.shape[1:]), dtype=d.dtype, device=d.device)
         if self.chain:
-            grads = torch.zeros((count, *d.shape[1:]), dtype=d.dtype, device=d.device)
             grads[1:] += d
             grads[:-1] -= d
             return grads
-        grads = torch.zeros((count, *d.shape[1:]), dtype=d.dtype, device=d.device)
         return grads.index_add_(0, self.out_index, d).index_add_(0, self.shortcut_index, d, alpha=-1)
 
 

@@ -10,6 +10,7 @@ import torch.nn as nn
 from .sampling import validate_sample
 from .tracker import DisplacementTracker, get_tracker, track
 
+__all__ = ["LeastActionLoss", "Multiplier"]
 
 
 class Multiplier(Protocol):
@@ -20,8 +21,6 @@ class Multiplier(Protocol):
 
     def observe(self, task_loss: torch.Tensor) -> None:
         """Called with each training forward's task loss."""
-
-__all__ = ["LeastActionLoss", "Multiplier"]
 
 
 class LeastActionLoss(nn.Module):
@@ -50,28 +49,25 @@ class LeastActionLoss(nn.Module):
             raise ValueError(f"weight must be a finite number >= 0 (or None to use the multiplier); got {weight!r}.")
         self.criterion = criterion
         if isinstance(model_or_tracker, DisplacementTracker):
-            if sample is not None and validate_sample(sample) != model_or_tracker.sample:
-                raise ValueError(
-                    f"sample={sample!r} differs from the tracker's sample={model_or_tracker.sample!r}; pass sample= "
-                    "to timm_lap.track() when you create the tracker, or pass the model here instead."
-                )
-            self.tracker = model_or_tracker
+            tracker, subject = model_or_tracker, "the tracker's sample"
         elif isinstance(model_or_tracker, nn.Module):
             # A model that is already tracked keeps its tracker and settings (p, blocks, track_eval, sample):
             # only an explicit, conflicting track() call is an error.
-            existing = get_tracker(model_or_tracker)
-            if existing is not None and sample is not None and validate_sample(sample) != existing.sample:
-                raise ValueError(
-                    f"sample={sample!r} differs from the model's tracker (sample={existing.sample!r}); pass sample= "
-                    "when you first track the model (timm_lap.track or the *_lap model's lap_sample=), or remove its "
-                    "tracker first: timm_lap.get_tracker(model).remove()."
-                )
-            self.tracker = existing if existing is not None else track(model_or_tracker, sample=sample)
+            tracker, subject = get_tracker(model_or_tracker), "the model's tracker"
         else:
             raise TypeError(
                 "LeastActionLoss needs the model (or its DisplacementTracker) as second argument; "
                 f"got {type(model_or_tracker).__name__}."
             )
+        if tracker is None:
+            tracker = track(model_or_tracker, sample=sample)
+        elif sample is not None and validate_sample(sample) != tracker.sample:
+            raise ValueError(
+                f"sample={sample!r} differs from {subject} (sample={tracker.sample!r}); pass sample= when you first "
+                "track the model (timm_lap.track or a *_lap model's lap_sample=), or remove its tracker first: "
+                "timm_lap.get_tracker(model).remove()."
+            )
+        self.tracker = tracker
         self.weight = None if weight is None else float(weight)
         self._multiplier: Multiplier | None = None
         self.task_loss: torch.Tensor | None = None

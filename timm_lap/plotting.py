@@ -52,16 +52,16 @@ def plot_curves(
     except ImportError:
         return None
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (_, panel_title) in zip(axes, panels):
+        ax.set_title(panel_title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
     for name, rows in runs.items():
         epochs = [int(r["epoch"]) for r in rows]
-        for ax, (key, panel_title) in zip(axes, panels):
+        for ax, (key, _) in zip(axes, panels):
             values = [float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows]
-            if all(math.isnan(v) for v in values):
-                continue
-            ax.plot(epochs, values, marker="o", ms=3, label=name or None, color=(colors or {}).get(name))
-            ax.set_title(panel_title)
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
+            if not all(math.isnan(v) for v in values):
+                ax.plot(epochs, values, marker="o", ms=3, label=name or None, color=(colors or {}).get(name))
     if len(runs) > 1:
         axes[0].legend()
     if title:

@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 
 from .blocks import BlockSelector, BlockSpec, find_blocks, select_blocks
+from .config import grouping_budget
 from .energy import block_energy, use_grad_taps
 from .grad_taps import TapRegistry
-from .config import grouping_budget
 from .grouped_energy import grouped_energies
 from .sampling import RowSample, validate_sample
 

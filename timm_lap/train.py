@@ -38,13 +38,13 @@ from timm.utils import (
 )
 from tqdm.auto import tqdm
 
+from . import plotting
 from .data import (class_balanced_subset, create_lap_dataset, dataset_num_classes, holdout_split, index_subset,
                    with_label_noise)
+from .device import resolve_device
 from .loss import LeastActionLoss
 from .models import LAP_SUFFIX
 from .multiplier import MultiplierScheduler
-from . import plotting
-from .device import resolve_device
 from .tracker import get_tracker, track
 from .train_args import parse_args
 
