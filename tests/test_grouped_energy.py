@@ -16,11 +16,14 @@ from timm_lap.grouped_energy import grouped_energies, grouping, grouping_budget,
 from conftest import ResidualMLP
 
 
-@pytest.fixture(params=["stacked", "foreach"], autouse=True)
+@pytest.fixture(params=["stacked", "foreach", "per-tensor"], autouse=True)
 def group_path(request, monkeypatch):
-    """Every test runs twice: small groups stacked into one tensor, and the per-tensor _foreach_ path."""
-    if request.param == "foreach":
+    """Every test runs three times: small groups stacked into one tensor, the _foreach_ path, and the
+    block-by-block path of large CPU tensors."""
+    if request.param != "stacked":
         monkeypatch.setattr(grouped_energy, "STACK_MAX_NUMEL", 0)
+    if request.param == "per-tensor":
+        monkeypatch.setattr(grouped_energy, "PER_TENSOR_MIN_NUMEL", 0)
     return request.param
 
 
@@ -123,9 +126,17 @@ def test_the_path_follows_size_dtype_and_shape(group_path):
     node = grouped_energies(small[1:], small[:-1]).grad_fn
     assert node._raw_saved_tensors  # the node saves its inputs whichever path it takes
     assert grouped_energy._stackable(small) == (group_path == "stacked")
+    assert grouped_energy._per_tensor(small) == (group_path == "per-tensor")
+    assert grouped_energy._per_tensor([torch.zeros(32, 16, 14, 14)] * 2)  # a paper-shaped block: block by block
     assert not grouped_energy._stackable([torch.zeros(5000), torch.zeros(5000)])  # large: foreach
     assert not grouped_energy._stackable([torch.zeros(3), torch.zeros(4)])  # mixed shapes
     assert not grouped_energy._stackable([torch.zeros(3, dtype=torch.float64)] * 2)
+
+
+def test_a_chain_is_numbered_in_order_so_the_stacked_path_uses_slices():
+    pool = [p * 1 for p in _leaves(5)]
+    node = grouped_energies(pool[1:], pool[:-1]).grad_fn
+    assert node.indices == ((1, 2, 3, 4), (0, 1, 2, 3))  # the outputs 1..4, the shortcuts 0..3
 
 
 def test_mismatched_lists_are_a_clear_error():

@@ -23,7 +23,8 @@ from .config import grouping, grouping_budget, set_grouping_budget  # re-exporte
 from .displacement import displacement
 from .energy import unpack_saved
 
-__all__ = ["grouped_energies", "grouping_budget", "set_grouping_budget", "grouping"]
+__all__ = ["grouped_energies", "displacement_norm", "measured_early", "grouping_budget", "set_grouping_budget",
+           "grouping"]
 
 
 def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], all_float32: bool) -> list[torch.Tensor]:
@@ -72,6 +73,28 @@ def _per_block_scale(numels: tuple[int, ...], weights: tuple[float, ...] | None,
 # operations then replace the per-tensor work of the _foreach_ calls, which dominates for tiny blocks.
 # Larger tensors are not: the stacked copy would cost more memory traffic than it saves.
 STACK_MAX_NUMEL = 4096
+# Large CPU tensors go block by block instead: each displacement is used while it is still in cache
+# (a _foreach_ call forms all K of them before reading any back), and the gradients are accumulated in
+# place into the displacements themselves (no second list of K new tensors). Measured on a 2-core VM:
+# forward 88 vs 143 us, backward 155 vs 188 us per 32x16x14x14 block.
+PER_TENSOR_MIN_NUMEL = 16384
+
+
+def _per_tensor(tensors: Sequence[torch.Tensor]) -> bool:
+    return tensors[0].device.type == "cpu" and min(t.numel() for t in tensors) >= PER_TENSOR_MIN_NUMEL
+
+
+def measured_early(out: torch.Tensor) -> bool:
+    """Whether a block's ``|out - shortcut|`` is best measured right after the block (:func:`displacement_norm`),
+    while its tensors are still in the CPU's cache, rather than by the group node at the end of the forward."""
+    return out.is_cpu and out.numel() >= PER_TENSOR_MIN_NUMEL
+
+
+def displacement_norm(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``|out - shortcut|`` (2-norm over all elements), outside autograd: pass it to :func:`grouped_energies` as
+    ``norms``. The group's backward needs no value, so measuring early changes nothing but memory traffic."""
+    with torch.no_grad():
+        return torch.linalg.vector_norm(displacement(out, shortcut))
 
 
 def _stackable(tensors: Sequence[torch.Tensor]) -> bool:
@@ -180,7 +203,7 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, out_index: tuple[int, ...], shortcut_index: tuple[int, ...], weights: tuple[float, ...] | None,
-        *tensors: torch.Tensor,
+        early: tuple[torch.Tensor | None, ...] | None, *tensors: torch.Tensor,
     ) -> torch.Tensor:
         outs = [tensors[i] for i in out_index]
         shortcuts = [tensors[i] for i in shortcut_index]
@@ -188,14 +211,19 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
         ctx.numels = tuple(o.numel() for o in outs)
         ctx.weights = weights
         ctx.save_for_backward(*tensors)
+        ctx.stacked = None
+        ctx.per_tensor = False
+        ctx.all_float32 = all(t.dtype == torch.float32 for t in tensors)
         if _stackable(tensors):
             ctx.stacked = _StackedPlan(out_index, shortcut_index, tensors[0])
-            ctx.all_float32 = True
             d = ctx.stacked.displacements(torch.stack(tensors))
             norms = torch.linalg.vector_norm(d.flatten(1), dim=1)
+        elif _per_tensor(tensors):
+            ctx.per_tensor = True
+            early = early or (None,) * len(outs)
+            norms = torch.stack([torch.linalg.vector_norm(displacement(o, s)) if n is None else n
+                                 for o, s, n in zip(outs, shortcuts, early)])
         else:
-            ctx.stacked = None
-            ctx.all_float32 = all(t.dtype == torch.float32 for t in tensors)
             norms = torch.stack(torch._foreach_norm(_displacements(outs, shortcuts, ctx.all_float32)))
         return norms.square_().mul_(_per_block_scale(ctx.numels, weights, 1.0, norms))
 
@@ -204,20 +232,58 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         tensors = unpack_saved(ctx)  # also checks that nothing was modified in place since the forward
         out_index, shortcut_index = ctx.indices
-        needs = ctx.needs_input_grad[3:]
+        needs = ctx.needs_input_grad[4:]
         if ctx.stacked is not None:
             d = ctx.stacked.displacements(torch.stack(tensors))
             coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, grad)
             d.mul_(coef.view(-1, *([1] * (d.dim() - 1))))
             stacked_grads = ctx.stacked.gradients(d, len(tensors)).unbind(0)
-            return (None, None, None, *(g if need else None for g, need in zip(stacked_grads, needs)))
-        d = _displacements([tensors[i] for i in out_index], [tensors[i] for i in shortcut_index], ctx.all_float32)
+            return (None, None, None, None, *(g if need else None for g, need in zip(stacked_grads, needs)))
         coef = grad * _per_block_scale(ctx.numels, ctx.weights, 2.0, grad)
-        torch._foreach_mul_(d, coef.unbind(0))
-        grads = _gradient_plan(out_index, shortcut_index, len(tensors)).gradients(d, len(tensors))
+        if ctx.per_tensor:
+            grads = _accumulated_gradients(tensors, out_index, shortcut_index, coef.unbind(0), needs)
+        else:
+            d = _displacements([tensors[i] for i in out_index], [tensors[i] for i in shortcut_index], ctx.all_float32)
+            torch._foreach_mul_(d, coef.unbind(0))
+            grads = _gradient_plan(out_index, shortcut_index, len(tensors)).gradients(d, len(tensors))
         if not (ctx.all_float32 and all(needs)):
             grads = [_as(g, t.dtype) if need and g is not None else None for g, t, need in zip(grads, tensors, needs)]
-        return (None, None, None, *grads)
+        return (None, None, None, None, *grads)
+
+
+def _scaled_displacement(out: torch.Tensor, shortcut: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``coef * (out - shortcut)`` as a new tensor in the displacement's dtype, in one pass for float32 pairs
+    (``mse_loss_backward`` of a sum: the difference first, then the scale, as the reference rounds it)."""
+    if out.dtype == shortcut.dtype == torch.float32 and out.shape == shortcut.shape:
+        # The out= form: the plain one zero-fills its result first, one more pass over memory.
+        return torch.ops.aten.mse_loss_backward.grad_input(coef * 0.5, out, shortcut, 2,  # 2 = sum reduction
+                                                          grad_input=torch.empty_like(out))
+    return displacement(out, shortcut).mul_(coef)
+
+
+def _accumulated_gradients(
+    tensors: Sequence[torch.Tensor], out_index: tuple[int, ...], shortcut_index: tuple[int, ...],
+    coefs: Sequence[torch.Tensor], needs: Sequence[bool],
+) -> list[torch.Tensor | None]:
+    """Block by block, ``c_k * (out_k - shortcut_k)`` added into its two tensors' gradients. The first term a
+    tensor receives with sign + becomes its gradient without a copy, so a chain costs one scaled difference and
+    one accumulation per block."""
+    grads: list[torch.Tensor | None] = [None] * len(tensors)
+    for k, (u_out, u_short) in enumerate(zip(out_index, shortcut_index)):
+        if not (needs[u_out] or needs[u_short]):
+            continue
+        d = _scaled_displacement(tensors[u_out], tensors[u_short], coefs[k])
+        if needs[u_out]:
+            if grads[u_out] is None:
+                grads[u_out] = d
+            else:
+                grads[u_out].add_(d)
+        if needs[u_short]:
+            if grads[u_short] is None:
+                grads[u_short] = torch.neg(d)
+            else:
+                grads[u_short].sub_(d)
+    return grads
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -225,28 +291,48 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def grouped_energies(
-    outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+    outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], weights: Sequence[float] | None = None,
+    norms: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Differentiable vector of the K blocks' ``weight_k * mean((out - shortcut)^2)``, one autograd node for all.
 
     All tensors must be on one device; each pair must have one shape. The result is float32, or float64 when
     a pair is float64.
     ``weights`` (default all 1) scales each block's energy (the sampled estimate's chunk weight).
+    ``norms``: per block, ``displacement_norm(out, shortcut)`` measured earlier (or None), used by the
+    block-by-block path of large CPU tensors instead of reading the tensors again.
     """
     if len(outs) != len(shortcuts) or not outs:
         raise ValueError(
             f"grouped_energies needs as many outputs as shortcuts (>= 1); got {len(outs)} and {len(shortcuts)}."
         )
-    tensors = (*outs, *shortcuts)
-    ids = [id(t) for t in tensors]
-    by_id = dict(zip(ids, tensors))  # distinct tensors, in order of first appearance
-    position = {key: i for i, key in enumerate(by_id)}
-    indices = [position[key] for key in ids]
     k = len(outs)
+    # Distinct tensors in order of first appearance, shortcut before output: a chain of blocks (each output
+    # the next shortcut) then numbers its tensors 0..K, which the stacked path handles with two slices.
+    out_ids = {id(o) for o in outs}
+    if (len(out_ids) == k and id(shortcuts[0]) not in out_ids
+            and all(s is o for s, o in zip(shortcuts[1:], outs))):  # the common case, without a dict walk
+        distinct = [shortcuts[0], *outs]
+        indices = [*range(1, k + 1), *range(k)]
+    else:
+        position: dict[int, int] = {}
+        distinct = []
+        indices = [0] * (2 * k)
+        for i, (s, o) in enumerate(zip(shortcuts, outs)):
+            for slot, t in ((k + i, s), (i, o)):
+                at = position.get(id(t))
+                if at is None:
+                    at = position[id(t)] = len(distinct)
+                    distinct.append(t)
+                indices[slot] = at
     if weights is not None:
         weights = tuple(float(w) for w in weights)
         if len(weights) != k:
             raise ValueError(f"grouped_energies needs one weight per block; got {len(weights)} for {k} blocks.")
         if all(w == 1.0 for w in weights):
             weights = None
-    return _GroupedSquaredDisplacementMeans.apply(tuple(indices[:k]), tuple(indices[k:]), weights, *by_id.values())
+    if norms is not None:
+        if len(norms) != k:
+            raise ValueError(f"grouped_energies needs one norm (or None) per block; got {len(norms)} for {k} blocks.")
+        norms = None if all(n is None for n in norms) else tuple(norms)
+    return _GroupedSquaredDisplacementMeans.apply(tuple(indices[:k]), tuple(indices[k:]), weights, norms, *distinct)

@@ -14,7 +14,7 @@ from .blocks import BlockSelector, BlockSpec, find_blocks, select_blocks
 from .config import grouping_budget
 from .energy import block_energy, use_grad_taps
 from .grad_taps import TapRegistry
-from .grouped_energy import grouped_energies
+from .grouped_energy import displacement_norm, grouped_energies, measured_early
 from .sampling import RowSample, validate_sample
 
 __all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_training_forward", "strip_tracking",
@@ -137,7 +137,8 @@ class DisplacementTracker:
         # Energies of the latest forward: (block names, differentiable vector of their energies).
         self._energies: list[tuple[tuple[str, ...], torch.Tensor]] = []
         # Blocks waiting to join one grouped energy node (see timm_lap.grouped_energy).
-        self._pending: list[tuple[str, torch.Tensor, torch.Tensor, float]] = []
+        # (name, output, shortcut, sample weight, |output - shortcut| measured at the block or None)
+        self._pending: list[tuple[str, torch.Tensor, torch.Tensor, float, torch.Tensor | None]] = []
         self._pending_bytes = 0
         self._group_budget: int | None = None  # decided at a forward's first block
         # Tensors of this forward's blocks with their versions at the block, to see in-place changes after it.
@@ -317,10 +318,11 @@ class DisplacementTracker:
         else:
             self._append_group(pending)
 
-    def _append_group(self, pending: list[tuple[str, torch.Tensor, torch.Tensor, float]]) -> None:
+    def _append_group(self, pending: list[tuple[str, torch.Tensor, torch.Tensor, float, torch.Tensor | None]]) -> None:
         names = tuple(entry[0] for entry in pending)
         weights = [entry[3] for entry in pending] if self._sampler is not None else None
-        values = grouped_energies([entry[1] for entry in pending], [entry[2] for entry in pending], weights)
+        values = grouped_energies([entry[1] for entry in pending], [entry[2] for entry in pending], weights,
+                                  [entry[4] for entry in pending])
         self._energies.append((names, values))
 
     def _pass_budget(self, output: torch.Tensor) -> int:
@@ -346,7 +348,8 @@ class DisplacementTracker:
                 output, shortcut = self._protect(name, output, shortcut)
                 if self._sampler is not None:
                     output, shortcut, weight = self._sampler.apply(output, shortcut)
-                self._pending.append((name, output, shortcut, weight))
+                norm = displacement_norm(output, shortcut) if measured_early(output) else None
+                self._pending.append((name, output, shortcut, weight, norm))
                 # Its backward materialises two float32 gradients: the output's and the shortcut's.
                 self._pending_bytes += 8 * output.numel()
                 if self._pending_bytes >= budget:
