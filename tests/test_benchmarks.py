@@ -194,3 +194,13 @@ def test_paper_regime_parts_smoke(tmp_path):
     assert "sampled - exact" in (tmp_path / "sample" / "sample_vs_exact.md").read_text()
     argv = [r["argv"] for r in map(json.loads, open(tmp_path / "sample" / "runs.jsonl")) if r["label"] == "lap:sample=0.25"]
     assert argv and all("--lap-sample" in a for a in argv)
+
+
+def test_per_tensor_ab_times_both_paths_and_restores_the_threshold():
+    from timm_lap import grouped_energy
+
+    before = grouped_energy.PER_TENSOR_MIN_NUMEL
+    ratios = _load("per_tensor_ab").main("flat9", repeats=2, warmup=0)
+    assert set(ratios) == {"vanilla", "foreach", "block_by_block"} and ratios["vanilla"] == 1.0
+    assert all(r > 0 for r in ratios.values())
+    assert grouped_energy.PER_TENSOR_MIN_NUMEL == before
