@@ -1,7 +1,7 @@
 """Shared code for the benchmark scripts: the resnet10t recipe, presets over ``timm-lap compare``, report helpers.
 
-Every run goes through ``timm_lap.runs.run_cell`` (``timm-lap train`` without the per-epoch plot); statistics and
-the resumable results file come from ``timm_lap.stats`` and ``timm_lap.runs``.
+Every run goes through ``timm_lap.cli.runs.run_cell`` (``timm-lap train`` without the per-epoch plot); statistics and
+the resumable results file come from ``timm_lap.analysis.stats`` and ``timm_lap.cli.runs``.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def default_out_dir(name: str) -> str:
     return os.path.join(HERE, "results", name)
 
 
-# Statistics and the resumable results file live in the package (``timm_lap.stats``, ``timm_lap.runs``).
-from timm_lap.runs import ResultsFile  # noqa: E402
-from timm_lap.stats import paired_difference, spearman, t_interval  # noqa: E402
+# Statistics and the resumable results file live in the package (``timm_lap.analysis.stats``, ``timm_lap.cli.runs``).
+from timm_lap.cli.runs import ResultsFile  # noqa: E402
+from timm_lap.analysis.stats import paired_difference, spearman, t_interval  # noqa: E402
 
 
 def format_ci(ci: dict[str, float], digits: int = 2) -> str:
@@ -76,12 +76,12 @@ def deadline_after(minutes: float | None) -> float | None:
 
 def run_sweep(cells: Iterable[tuple[Cell, list[str]]], results: ResultsFile, desc: str,
               deadline: float | None = None) -> dict[str, int]:
-    """Run every (cell, extra flags) not yet in ``results`` (through :func:`timm_lap.runs.run_cells`).
+    """Run every (cell, extra flags) not yet in ``results`` (through :func:`timm_lap.cli.runs.run_cells`).
 
     Stops launching new runs once ``time.monotonic()`` reaches ``deadline`` (the sweep stays resumable).
     Returns {'ran', 'skipped', 'left'}.
     """
-    from timm_lap.runs import run_cells
+    from timm_lap.cli.runs import run_cells
 
     with_argv = [{**cell, "argv": base_argv(cell["dataset"], cell["size"], cell["epochs"], cell["seed"],
                                             lr=cell.get("lr", 0.05), weight_decay=cell.get("weight_decay", 5e-4))
@@ -112,7 +112,7 @@ def preset_parser(doc: str | None, name: str) -> argparse.ArgumentParser:
 
 def run_compare_presets(opts: argparse.Namespace, name: str, argvs: dict[str, list[str]]) -> dict[str, Any]:
     """Run ``timm-lap compare`` once per entry (sub-folder name -> compare argv) under one ``--stop-after`` budget."""
-    from timm_lap import compare
+    from timm_lap.cli import compare
 
     out_dir = opts.out_dir or default_out_dir(name)
     deadline = deadline_after(opts.stop_after)

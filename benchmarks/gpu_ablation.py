@@ -21,7 +21,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from timm_lap import LeastActionLoss, MultiplierScheduler, config, track
+from timm_lap import LeastActionLoss, MultiplierScheduler, track
+from timm_lap.ops import switches as config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _gpu_timing import synced_steps  # noqa: E402

@@ -22,8 +22,10 @@ import time
 import timm
 import torch
 
-from timm_lap import energy, grad_taps, loss, multiplier, tracker
-from timm_lap.bench import build_variant, build_parser
+from timm_lap import loss, multiplier, tracker
+from timm_lap.ops import energy
+from timm_lap.ops import grad_taps
+from timm_lap.cli.bench import build_variant, build_parser
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _gpu_timing import pipelined_step, synced_steps  # noqa: E402

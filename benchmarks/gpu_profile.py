@@ -17,7 +17,7 @@ import sys
 import timm
 import torch
 
-from timm_lap.bench import build_variant, model_kwargs, build_parser, variant_settings
+from timm_lap.cli.bench import build_variant, model_kwargs, build_parser, variant_settings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _gpu_timing import pipelined_step, synced_steps  # noqa: E402

@@ -24,7 +24,7 @@ def step(model, criterion, optimizer, x, y):
 
 
 def check(lap: bool, taps: bool | None = None) -> dict:
-    from timm_lap import config
+    from timm_lap.ops import switches as config
 
     config.set_grad_taps(taps)
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def check(lap: bool, taps: bool | None = None) -> dict:
 
 def check_kernels() -> dict:
     """Fused CUDA energy vs the plain-PyTorch reference: values and gradients."""
-    from timm_lap import energy
+    from timm_lap.ops import energy
 
     worst = {"value_rel": 0.0, "grad_rel": 0.0, "fused_used": energy._fused_kernels(
         torch.zeros(4, device="cuda"), torch.zeros(4, device="cuda")) is not None}
@@ -93,7 +93,7 @@ def _energy_node(values: torch.Tensor) -> str:
 
 def check_grad_taps() -> dict:
     """Parameter gradients of a LAP step with the gradient taps (the CUDA default) vs without, resnet50 fp32."""
-    from timm_lap import config
+    from timm_lap.ops import switches as config
 
     grads = {}
     for taps in (True, False):

@@ -5,7 +5,7 @@
     python benchmarks/overhead.py --device cuda --cases models --models resnet50 --img-size 224 --batch-size 128 \
         --amp --channels-last [--compile]
 """
-from timm_lap.bench import main
+from timm_lap.cli.bench import main
 
 if __name__ == "__main__":
     main()

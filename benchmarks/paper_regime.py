@@ -54,7 +54,7 @@ STUDY_SIZES = {"preact_flat9": ["100:100", "300:100"], "preact_resnet20": ["100:
 
 
 def study(opts: argparse.Namespace) -> dict[str, Any]:
-    from timm_lap import compare
+    from timm_lap.cli import compare
 
     sizes = ["100:1"] if opts.smoke else (opts.sizes or STUDY_SIZES[opts.model])
     seeds = ["0-1"] if opts.smoke else ["0-9"]
@@ -94,7 +94,7 @@ def bias_cells(smoke: bool) -> list[dict[str, Any]]:
 def bias_report(rows: list[dict[str, Any]], out_dir: str) -> dict[str, Any]:
     from matplotlib.figure import Figure
 
-    from timm_lap.stats import spearman_bootstrap
+    from timm_lap.analysis.stats import spearman_bootstrap
 
     def corr(rs: list[dict[str, Any]]) -> dict[str, Any] | None:
         if len(rs) < 3:
@@ -146,7 +146,7 @@ def bias_report(rows: list[dict[str, Any]], out_dir: str) -> dict[str, Any]:
 
 
 def energy_bias(opts: argparse.Namespace) -> dict[str, Any]:
-    from timm_lap.runs import ResultsFile, run_cells
+    from timm_lap.cli.runs import ResultsFile, run_cells
 
     out_dir = os.path.join(opts.out_dir, "energy_bias")
     os.makedirs(out_dir, exist_ok=True)
@@ -165,8 +165,8 @@ NOISE_LEVELS = (0.0, 0.2, 0.4)
 def adapt(opts: argparse.Namespace) -> dict[str, Any]:
     from matplotlib.figure import Figure
 
-    from timm_lap import compare
-    from timm_lap.runs import ResultsFile
+    from timm_lap.cli import compare
+    from timm_lap.cli.runs import ResultsFile
 
     out_dir = os.path.join(opts.out_dir, "adapt")
     size, seeds = ("100:1", "0-1") if opts.smoke else ("300:100", opts.seeds or "0-2")
@@ -234,9 +234,9 @@ SAMPLE_METHOD = "lap:sample=0.25"
 
 
 def sample(opts: argparse.Namespace) -> dict[str, Any]:
-    from timm_lap import compare
-    from timm_lap.runs import ResultsFile
-    from timm_lap.stats import detectable_difference, paired_difference, t_interval
+    from timm_lap.cli import compare
+    from timm_lap.cli.runs import ResultsFile
+    from timm_lap.analysis.stats import detectable_difference, paired_difference, t_interval
 
     out_dir = os.path.join(opts.out_dir, "sample")
     sizes, seeds = (["100:1"], "0-1") if opts.smoke else (["100:100", "300:100"], opts.seeds or "0-9")

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import timm_lap
-from timm_lap import grouped_energy
+from timm_lap.ops import grouped_energy
 
 NETWORKS = {
     "flat9": (lambda: timm.create_model("preact_flat9", num_classes=10, width=16, in_chans=1), (32, 1, 28, 28)),

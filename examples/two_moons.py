@@ -30,7 +30,7 @@ from sklearn.datasets import make_circles, make_moons  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import timm_lap  # noqa: E402
-from timm_lap.analysis import draw_trajectories, trajectories, transport_efficiency  # noqa: E402
+from timm_lap.analysis.measure import draw_trajectories, trajectories, transport_efficiency  # noqa: E402
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 

@@ -197,7 +197,7 @@ def test_paper_regime_parts_smoke(tmp_path):
 
 
 def test_per_tensor_ab_times_both_paths_and_restores_the_threshold():
-    from timm_lap import grouped_energy
+    from timm_lap.ops import grouped_energy
 
     before = grouped_energy.PER_TENSOR_MIN_NUMEL
     ratios = _load("per_tensor_ab").main("flat9", repeats=2, warmup=0)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import timm_lap
-from timm_lap.grouped_energy import grouping
+from timm_lap.ops.grouped_energy import grouping
 from timm_lap.sampling import RowSample, validate_sample
 
 from conftest import ResidualMLP
@@ -109,7 +109,7 @@ def test_one_draw_per_forward_for_every_block():
 def test_sampled_energy_saves_nothing_new():
     model = ResidualMLP(width=8, depth=4).train()
     x = torch.randn(16, 4)
-    from timm_lap.bench import saved_activation_bytes
+    from timm_lap.cli.bench import saved_activation_bytes
 
     vanilla = saved_activation_bytes(lambda: model(x).sum())
     tracker = timm_lap.track(model, sample=0.25)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from timm.utils import ModelEmaV3
 
 import timm_lap
-from timm_lap.grouped_energy import grouping
+from timm_lap.ops.grouped_energy import grouping
 from timm_lap.tracker import get_tracker
 
 from conftest import ResidualMLP
@@ -288,7 +288,7 @@ class _TinyStepBlocks(nn.Module):
 
 @pytest.mark.parametrize("p,budget", [(2.0, 2**30), (2.0, 0), (1.5, 2**30)])
 def test_float64_models_keep_float64_precision(p, budget):
-    from timm_lap.grouped_energy import grouping
+    from timm_lap.ops.grouped_energy import grouping
 
     model = _TinyStepBlocks().double().train()
     x = 1e3 * torch.randn(5, 6, dtype=torch.float64)
@@ -353,7 +353,7 @@ def _reference_block_energies(model: _ReluAfterBlocks, x: torch.Tensor) -> torch
 
 @pytest.mark.parametrize("budget", [2**30, 0])
 def test_in_place_change_after_a_block_trains_and_is_measured_from_a_copy(budget):
-    from timm_lap.grouped_energy import grouping
+    from timm_lap.ops.grouped_energy import grouping
 
     torch.manual_seed(0)
     model = _ReluAfterBlocks().train()

@@ -5,7 +5,8 @@ The LAP variants reuse the base model's entrypoint and pretrained configs, so
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs, is_model, model_entrypoint, register_model

@@ -14,7 +14,8 @@ All take timm's usual ``in_chans``, ``num_classes``, ``drop_rate``, ``drop_path_
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn

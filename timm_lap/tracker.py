@@ -5,16 +5,17 @@ import copy
 import math
 import warnings
 import weakref
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .blocks import BlockSelector, BlockSpec, find_blocks, select_blocks
-from .config import grouping_budget
-from .energy import block_energy, use_grad_taps
-from .grad_taps import TapRegistry
-from .grouped_energy import displacement_norm, grouped_energies, measured_early
+from .ops.energy import block_energy, use_grad_taps
+from .ops.grad_taps import TapRegistry
+from .ops.grouped_energy import displacement_norm, grouped_energies, measured_early
+from .ops.switches import grouping_budget
 from .sampling import RowSample, validate_sample
 
 __all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_training_forward", "strip_tracking",
@@ -83,7 +84,7 @@ def _output_key(output: Any) -> torch.Tensor | None:
 class _BlockHook:
     """Per-block hook object (a callable object, so ``deepcopy`` gives each copy its own)."""
 
-    def __init__(self, tracker: "DisplacementTracker", spec: BlockSpec) -> None:
+    def __init__(self, tracker: DisplacementTracker, spec: BlockSpec) -> None:
         self.tracker = tracker
         self.name = spec.name
         self.has_projection = spec.shortcut is not None
@@ -229,7 +230,7 @@ class DisplacementTracker:
         self._model = None
         self.reset()
 
-    def __enter__(self) -> "DisplacementTracker":
+    def __enter__(self) -> DisplacementTracker:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,375 @@
+"""``timm-lap analyze``: a markdown report on the transport a (trained) timm model applies to a dataset.
+
+    timm-lap analyze --model resnet10t --checkpoint output/train/<run>/model_best.pth.tar --dataset sklearn/digits
+
+Writes ``report.md`` (model, checkpoint, data, top-1 accuracy, total transport, per-block energies,
+transport efficiency per same-width stage) with ``energy_profile.png`` and ``trajectories.png`` into
+``--output`` (default ``./output/analyze/<model>``). A ``timm-lap train`` checkpoint's saved arguments
+fill in the dataset, split, input size and class count when they are not given on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.data import create_loader, resolve_data_config
+from timm.models import create_model, load_checkpoint, safe_model_name
+from timm.utils import random_seed
+
+from ..analysis.measure import (
+    energy_profile,
+    plot_energy_profile,
+    plot_trajectories,
+    same_width_stages,
+    trajectories,
+    transport_efficiency,
+)
+from ..data.datasets import create_lap_dataset, dataset_num_classes
+from ..device import resolve_device
+from ..tracker import get_tracker
+from .train import DATASET_INPUT_DEFAULTS, apply_dataset_defaults
+
+__all__ = ["analyze", "main", "parse_args"]
+
+PROG = "timm-lap analyze"
+TRAJECTORY_POINTS = 256
+# Settings a timm-lap train checkpoint's saved `args` may supply when the command line leaves them unset:
+# the data ones only without --dataset, the input ones only when no input size/channels were given.
+INHERITED_ALWAYS = ("num_classes", "crop_pct", "interpolation")
+INHERITED_DATA = ("dataset", "data_dir", "split")
+INHERITED_INPUT = ("input_size", "img_size", "in_chans", "mean", "std")
+# Where load_checkpoint(use_ema=True) takes the weights from, in its order of preference.
+WEIGHT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+# ------------------------------------------------------------------ arguments
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Write a markdown report (energy profile, transport "
+                                "efficiency, trajectories, accuracy) on a timm model and a dataset split.")
+    p.add_argument("--model", required=True, help="timm model name (as trained)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="timm checkpoint (timm-lap train last.pth.tar / model_best.pth.tar) or a state_dict file; "
+                        "without it the freshly initialised model is analysed")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="'sklearn/digits', 'torch/mnist', 'torch/fashion_mnist' or any timm dataset "
+                        "('' = ImageFolder under --data-dir); default: the checkpoint's")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="dataset root directory")
+    p.add_argument("--dataset-download", action="store_true", default=False, help="download the dataset if missing")
+    p.add_argument("--split", default=None, help="split to analyse (default: the checkpoint's val split, "
+                                                 "else 'validation')")
+    p.add_argument("--num-classes", type=int, default=None, metavar="N", help="default: from the dataset")
+    p.add_argument("--in-chans", type=int, default=None, metavar="N",
+                   help=f"input size/mean/std have 1-channel defaults for {', '.join(DATASET_INPUT_DEFAULTS)}")
+    p.add_argument("--img-size", type=int, default=None, metavar="N")
+    p.add_argument("--input-size", type=int, nargs=3, default=None, metavar="N", help="C H W")
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="MEAN")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="STD")
+    p.add_argument("--crop-pct", type=float, default=None, metavar="PCT")
+    p.add_argument("--interpolation", default=None, metavar="NAME")
+    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="default: 128")
+    p.add_argument("--n", type=int, default=1000, metavar="N",
+                   help="points for the transport efficiency (default: 1000)")
+    p.add_argument("--max-batches", type=int, default=None, metavar="N",
+                   help="batches for the energy profile (default: all)")
+    p.add_argument("-j", "--workers", type=int, default=2, metavar="N", help="data loading processes (default: 2)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--seed", type=int, default=42, help="seeds the model initialisation and the dataset (default: 42)")
+    p.add_argument("--output", default=None, metavar="DIR", help="default: ./output/analyze/<model>")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line (``SystemExit`` on a bad value)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "n", "max_batches"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1; got {value}")
+    return args
+
+
+# ----------------------------------------------------------------- checkpoint
+def _read_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint's dict (memory-mapped where possible), or {} if it is not a readable torch dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--checkpoint {path}: no such checkpoint file")
+    if path.endswith((".safetensors", ".npz", ".npy")):
+        return {}
+    for mmap in (True, False):
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return checkpoint if isinstance(checkpoint, dict) else {}
+        except Exception:  # load_checkpoint below reports the real problem
+            continue
+    return {}
+
+
+def _training_args(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The ``args`` a training script saved in the checkpoint, as a dict ({} if none)."""
+    saved = checkpoint.get("args")
+    if isinstance(saved, argparse.Namespace):
+        return vars(saved)
+    return dict(saved) if isinstance(saved, dict) else {}
+
+
+def _describe_checkpoint(path: str, checkpoint: dict[str, Any]) -> str:
+    """One line saying what kind of checkpoint ``path`` is and where the weights came from."""
+    key = next((k for k in WEIGHT_KEYS if checkpoint.get(k) is not None), None)
+    if key is None:
+        return f"`{path}` (state_dict)"
+    epoch = f", epoch {checkpoint['epoch']}" if "epoch" in checkpoint else ""
+    return f"`{path}` (training checkpoint{epoch}, weights from `{key}`)"
+
+
+def _inherit(args: argparse.Namespace, train_args: dict[str, Any]) -> list[str]:
+    """Fill unset settings from a training run's args; returns the names that were filled."""
+    source = {**train_args, "split": train_args.get("val_split")}
+    names = list(INHERITED_ALWAYS)
+    if args.dataset is None:
+        names += INHERITED_DATA
+    if all(getattr(args, name) is None for name in ("input_size", "img_size", "in_chans")):
+        names += INHERITED_INPUT
+    filled = [name for name in names if getattr(args, name) is None and source.get(name) is not None]
+    for name in filled:
+        setattr(args, name, source[name])
+    return filled
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    try:
+        load_checkpoint(model, path)
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"--checkpoint {path} does not fit the model: {exc}") from exc
+
+
+# ---------------------------------------------------------------- model, data
+def _create_dataset(args: argparse.Namespace) -> Any:
+    try:
+        return create_lap_dataset(args.dataset, root=args.data_dir or "", split=args.split, is_training=False,
+                                  download=args.dataset_download, seed=args.seed)
+    except AssertionError as exc:  # timm's dataset factory asserts on unknown names
+        raise ValueError(f"--dataset {args.dataset!r}: {exc}") from exc
+
+
+def _build_loader(dataset: Any, data_config: dict[str, Any], args: argparse.Namespace, device: torch.device):
+    """timm's eval loader (no shuffling, no augmentation), as in ``timm-lap train``."""
+    return create_loader(
+        dataset, input_size=data_config["input_size"], batch_size=args.batch_size, is_training=False,
+        interpolation=data_config["interpolation"], mean=data_config["mean"], std=data_config["std"],
+        num_workers=args.workers, crop_pct=data_config["crop_pct"], device=device,
+        use_prefetcher=device.type == "cuda", persistent_workers=False,
+    )
+
+
+@torch.no_grad()
+def _top1(model: nn.Module, loader: Iterable[Any], device: torch.device) -> tuple[float, int]:
+    """Top-1 accuracy (%) of ``model`` over every batch of ``loader``, and the number of samples."""
+    model.eval()
+    correct = count = 0
+    for x, y in loader:
+        pred = model(x.to(device)).argmax(dim=-1)
+        correct += int((pred == y.to(device)).sum())
+        count += len(y)
+    if count == 0:
+        raise ValueError("the dataset split is empty: nothing to analyse.")
+    return 100.0 * correct / count, count
+
+
+def _first_samples(loader: Iterable[Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` inputs and labels the loader yields (fewer if it runs out)."""
+    xs, ys, left = [], [], n
+    for x, y in loader:
+        xs.append(x[:left])
+        ys.append(y[:left])
+        left -= len(xs[-1])
+        if left <= 0:
+            break
+    return torch.cat(xs), torch.cat(ys)
+
+
+# -------------------------------------------------------------------- report
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.6g}"
+
+
+def _stage_label(names: Sequence[str], code: bool = True, count: bool = True) -> str:
+    """``first .. last (K blocks)``, or just the name of a one-block stage."""
+    quote = "`" if code else ""
+    first, last = f"{quote}{names[0]}{quote}", f"{quote}{names[-1]}{quote}"
+    if len(names) == 1:
+        return first
+    return f"{first} .. {last}" + (f" ({len(names)} blocks)" if count else "")
+
+
+def _energy_table(profile: dict[str, float]) -> list[str]:
+    total = sum(profile.values())
+    lines = ["| # | block | energy | share |", "|---:|---|---:|---:|"]
+    for i, (name, value) in enumerate(profile.items()):
+        share = f"{100 * value / total:.1f} %" if total > 0 else "-"
+        lines.append(f"| {i} | `{name}` | {_fmt(value)} | {share} |")
+    return lines
+
+
+def _efficiency_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| stage | blocks | W2^2 | kinetic | efficiency | n |", "|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        values = " | ".join(_fmt(row[key]) for key in ("w2_squared", "kinetic", "efficiency"))
+        lines.append(f"| {_stage_label(row['stage'], count=False)} | {row['blocks']} | {values} | {row['n']} |")
+    return lines
+
+
+def _report(result: dict[str, Any]) -> str:
+    """The markdown text of the report for an :func:`analyze` result."""
+    r = result
+    lines = [
+        f"# timm-lap analyze: {r['model']}", "",
+        "| | |", "|---|---|",
+        f"| model | `{r['model']}` ({r['num_params'] / 1e6:.2f}M parameters, {r['num_classes']} classes) |",
+        f"| checkpoint | {r['checkpoint_info']} |",
+        f"| dataset | `{r['dataset'] or 'ImageFolder'}`, split `{r['split']}`, {r['num_samples']} samples, "
+        f"input {tuple(r['input_size'])} |",
+        f"| top-1 accuracy | {r['top1']:.2f} % ({r['num_samples']} samples) |",
+        f"| total transport | {_fmt(r['total_transport'])} (sum of {len(r['energy_profile'])} block energies) |",
+    ]
+    if r["inherited"]:
+        lines += ["", f"Taken from the checkpoint's training arguments: {', '.join(r['inherited'])}."]
+    lines += [
+        "", "## Energy profile", "",
+        f"Energy `mean |block(x) - shortcut(x)|^p` (p = {r['p']:g}, mean over elements) of every residual "
+        f"block, in depth order, averaged over {r['energy_samples']} samples.", "",
+        *_energy_table(r["energy_profile"]), "",
+        f"Total transport: **{_fmt(r['total_transport'])}**", "",
+        "![energy profile](energy_profile.png)", "",
+        "## Transport efficiency", "",
+        "Per same-width stage of K blocks moving x_0 to x_K: `efficiency = W2(x_0, x_K)^2 / (K * kinetic)`, "
+        "`kinetic = sum_k E|x_{k+1} - x_k|^2` (squared norms of the flattened displacements, averaged over the "
+        "n points); 1 = straight, evenly paced optimal-transport paths.", "",
+    ]
+    lines += _efficiency_table(r["transport_efficiency"]) if r["transport_efficiency"] else \
+        ["The model has no same-width stage (no identity-shortcut block that keeps its input's shape)."]
+    lines += ["", "## Trajectories", ""]
+    traj = r["trajectories"]
+    if traj is None:
+        lines.append("No same-width stage: no trajectories to draw.")
+    else:
+        ratio = ", ".join(f"{v:.0%}" for v in traj["explained_variance_ratio"])
+        lines += [f"{traj['points']} points through the longest same-width stage, {_stage_label(traj['stage'])}, "
+                  f"projected on their first two principal axes (explained "
+                  f"variance {ratio}), coloured by class; o = stage input, x = stage output.", "",
+                  "![trajectories](trajectories.png)"]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ analysis
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", flush=True)
+
+
+def _plot_trajectories(model: nn.Module, loader: Iterable[Any], out: Path, device: torch.device,
+                       title: str) -> dict[str, Any]:
+    x, y = _first_samples(loader, TRAJECTORY_POINTS)
+    traj = trajectories(model, x.to(device))  # the longest same-width stage
+    plot_trajectories(traj, y, out / "trajectories.png", title=f"{title}: {_stage_label(traj['stage'], code=False)}")
+    return {"stage": traj["stage"], "points": len(x), "explained_variance_ratio": traj["explained_variance_ratio"]}
+
+
+def _resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Read the checkpoint and complete ``args`` from it and the dataset defaults; returns (checkpoint, inherited)."""
+    checkpoint = _read_checkpoint(args.checkpoint) if args.checkpoint else {}
+    train_args = _training_args(checkpoint)
+    inherited = _inherit(args, train_args)
+    if args.dataset is None:
+        raise ValueError("--dataset is required (no timm-lap train checkpoint to take it from).")
+    args.split = args.split or "validation"
+    if train_args.get("model") not in (None, args.model):
+        _say(f"note: the checkpoint was trained as {train_args['model']!r}, analysing it as {args.model!r}")
+    apply_dataset_defaults(args)
+    return checkpoint, inherited
+
+
+def _build_model(args: argparse.Namespace, num_classes: int, checkpoint: dict[str, Any]) -> tuple[nn.Module, str]:
+    """The timm model with the checkpoint's weights (or freshly initialised), and a line describing them."""
+    random_seed(args.seed)
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    model = create_model(args.model, in_chans=in_chans, num_classes=num_classes)
+    if not args.checkpoint:
+        return model, f"none: freshly initialised weights (seed {args.seed}), not a trained model"
+    _load_weights(model, args.checkpoint)
+    return model, _describe_checkpoint(args.checkpoint, checkpoint)
+
+
+def _measure(model: nn.Module, loader: Any, args: argparse.Namespace, device: torch.device, out: Path,
+             title: str) -> dict[str, Any]:
+    """Accuracy, energy profile, transport efficiency and trajectories, with their plots."""
+    top1, count = _top1(model, loader, device)
+    _say(f"top-1 accuracy {top1:.2f} % on {count} samples")
+    profile = energy_profile(model, loader, max_batches=args.max_batches, device=device)
+    plot_energy_profile(profile, out / "energy_profile.png", title=f"{title}: energy profile")
+    energy_samples = min(count, args.batch_size * args.max_batches) if args.max_batches else count
+    total = sum(profile.values())
+    _say(f"energy profile of {len(profile)} blocks on {energy_samples} samples: total transport {total:.6g}")
+
+    has_stage = bool(same_width_stages(model, _first_samples(loader, 2)[0].to(device)))
+    efficiency = transport_efficiency(model, loader, n=args.n, device=device) if has_stage else []
+    for row in efficiency:
+        _say(f"transport efficiency of {_stage_label(row['stage'], code=False)}: {row['efficiency']:.4g} "
+             f"(n = {row['n']})")
+    traj = _plot_trajectories(model, loader, out, device, title) if has_stage else None
+    tracker = get_tracker(model)
+    return {
+        "num_samples": count, "top1": top1, "energy_profile": profile, "total_transport": total,
+        "energy_samples": energy_samples, "p": tracker.p if tracker is not None else 2.0,
+        "transport_efficiency": efficiency, "trajectories": traj,
+        "plots": {"energy_profile": str(out / "energy_profile.png"),
+                  "trajectories": str(out / "trajectories.png") if traj else None},
+    }
+
+
+def analyze(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the analysis described by ``args`` (see :func:`parse_args`); write the report and return the results."""
+    checkpoint, inherited = _resolve_settings(args)
+    device = resolve_device(args.device, "timm-lap analyze")
+    dataset = _create_dataset(args)
+    num_classes = args.num_classes or dataset_num_classes(dataset)
+    model, info = _build_model(args, num_classes, checkpoint)
+    model.to(device).eval()
+    data_config = resolve_data_config(vars(args), model=model)
+    loader = _build_loader(dataset, data_config, args, device)
+    out = Path(args.output or os.path.join("output", "analyze", safe_model_name(args.model)))
+    out.mkdir(parents=True, exist_ok=True)
+    source = f"checkpoint {args.checkpoint}" if args.checkpoint else "fresh init"
+    _say(f"{args.model} ({source}) on {args.dataset or 'ImageFolder'}/{args.split}: {len(dataset)} samples, "
+         f"input {data_config['input_size']}")
+
+    title = f"{args.model} ({'checkpoint' if args.checkpoint else 'fresh init'})"
+    result = {
+        "output_dir": str(out), "report": str(out / "report.md"), "model": args.model,
+        "checkpoint": args.checkpoint, "checkpoint_info": info, "inherited": inherited, "dataset": args.dataset,
+        "split": args.split, "num_classes": num_classes, "num_params": sum(p.numel() for p in model.parameters()),
+        "input_size": tuple(data_config["input_size"]), "data_config": data_config,
+        **_measure(model, loader, args, device, out, title),
+    }
+    Path(result["report"]).write_text(_report(result))
+    _say(f"report written to {result['report']}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point of ``timm-lap analyze``; returns :func:`analyze`'s result."""
+    args = parse_args(argv)
+    try:
+        return analyze(args)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"{PROG}: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()
