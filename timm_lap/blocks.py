@@ -97,7 +97,7 @@ def _projection_rule(module: nn.Module) -> BlockSpec | _NotResidual | None:
     return None
 
 
-def _forward_adds_call(cls: type, attr: str) -> bool:
+def _forward_adds_call(cls: type[nn.Module], attr: str) -> bool:
     """Whether ``cls.forward`` adds the output of ``self.<attr>(...)`` to something."""
     try:
         source = inspect.getsource(cls.forward)
@@ -124,7 +124,7 @@ def _looks_like_block(module: nn.Module) -> bool:
     return bool(BLOCK_NAME_PATTERN.search(type(module).__name__))
 
 
-def _forward_adds(cls: type) -> bool:
+def _forward_adds(cls: type[nn.Module]) -> bool:
     try:
         source = inspect.getsource(cls.forward)
     except (OSError, TypeError):

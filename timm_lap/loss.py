@@ -49,6 +49,7 @@ class LeastActionLoss(nn.Module):
         if weight is not None and (isinstance(weight, bool) or not math.isfinite(float(weight)) or weight < 0):
             raise ValueError(f"weight must be a finite number >= 0 (or None to use the multiplier); got {weight!r}.")
         self.criterion = criterion
+        tracker: DisplacementTracker | None
         if isinstance(model_or_tracker, DisplacementTracker):
             tracker, subject = model_or_tracker, "the tracker's sample"
         elif isinstance(model_or_tracker, nn.Module):
@@ -61,6 +62,7 @@ class LeastActionLoss(nn.Module):
                 f"got {type(model_or_tracker).__name__}."
             )
         if tracker is None:
+            assert isinstance(model_or_tracker, nn.Module)  # a tracker passed in is never None
             tracker = track(model_or_tracker, sample=sample)
         elif sample is not None and validate_sample(sample) != tracker.sample:
             raise ValueError(

@@ -6,13 +6,16 @@ The LAP variants reuse the base model's entrypoint and pretrained configs, so
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs, is_model, model_entrypoint, register_model
 
 from . import preact  # registers the paper-shaped base models before their *_lap variants
 from .tracker import track
+
+if TYPE_CHECKING:
+    from timm.models import PretrainedCfg
 
 __all__ = ["LAP_SUFFIX", "DEFAULT_LAP_ARCHS", "register_lap_model", "list_lap_models"]
 
@@ -77,7 +80,8 @@ def register_lap_model(base: str) -> str:
     name = base + LAP_SUFFIX
     if name in _registered:
         return name
-    cfgs = {
+    # The value type generate_default_cfgs declares (a dict, so invariant in it).
+    cfgs: dict[str, dict[str, Any] | PretrainedCfg] = {
         name + key[len(base):]: cfg for key, cfg in get_arch_pretrained_cfgs(base).items()
     }
     default_cfgs.update(generate_default_cfgs(cfgs) if cfgs else {})

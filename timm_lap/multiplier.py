@@ -35,6 +35,9 @@ class MultiplierScheduler(nn.Module):
     lam: torch.Tensor
     inverse_lam: torch.Tensor
     pending_sum: torch.Tensor
+    # Set with object.__setattr__ (plain references, not submodules); declared here for type checkers.
+    optimizer: torch.optim.Optimizer
+    loss: LeastActionLoss
 
     def __init__(
         self,

@@ -23,7 +23,8 @@ def validate_sample(sample: float | None) -> float | None:
         return None
     if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not (0 < sample <= 1):
         raise ValueError(
-            f"sample must be a fraction of the batch in (0, 1] (e.g. 0.25), or None for the exact transport; got {sample!r}."
+            "sample must be a fraction of the batch in (0, 1] (e.g. 0.25), or None for the exact transport; "
+            f"got {sample!r}."
         )
     return None if sample == 1 else float(sample)
 

@@ -186,6 +186,7 @@ class DisplacementTracker:
         """
         energies = self._energies_of(output)
         if not energies:
+            assert self._model is not None  # _energies_of raised if the tracker was removed
             param = next(self._model.parameters(), None)
             return torch.zeros((), dtype=torch.float32, device=param.device if param is not None else None)
         if len(energies) == 1:
@@ -193,7 +194,8 @@ class DisplacementTracker:
         return torch.cat([values for _, values in energies]).sum()
 
     def forward_trains(self, output: Any = None) -> bool | None:
-        """Whether the forward that produced ``output`` (default: the latest) was a training forward; None if unknown."""
+        """Whether the forward that produced ``output`` (default: the latest) was a training forward; None if
+        unknown."""
         entry = self._forward_of(output)
         return self._latest_forward_trains if entry is None else entry[1]
 
@@ -340,6 +342,7 @@ class DisplacementTracker:
             return
         name = hook.name
         if is_training_forward(module):
+            assert shortcut is not None  # _check_block passed this block: it has a tensor shortcut
             budget = self._group_budget
             if budget is None:
                 budget = self._group_budget = self._pass_budget(output)
@@ -377,6 +380,7 @@ class DisplacementTracker:
         elif self.track_eval:
             if _in_backward():
                 return
+            assert shortcut is not None  # _check_block passed this block: it has a tensor shortcut
             with torch.no_grad():
                 energy = block_energy(output, shortcut, self.p)
         else:

@@ -4,4 +4,4 @@
 and plotting parts.
 """
 from .measure import *  # noqa: F403  (the public names of timm_lap.analysis before it became a package)
-from .measure import __all__
+from .measure import __all__ as __all__

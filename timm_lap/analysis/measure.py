@@ -116,7 +116,7 @@ def energy_profile(
     device = _model_device(base, device)
     tracker = get_tracker(base)
     owned = tracker is None
-    if owned:
+    if tracker is None:
         tracker = track(base, p=2.0, track_eval=True)
     saved_track_eval = tracker.track_eval
     tracker.track_eval = True  # record in eval mode / under no_grad, only while profiling
@@ -234,6 +234,7 @@ def _keeps_width(rec: _Call) -> bool:
 def _chained(prev: _Call, rec: _Call) -> bool:
     """True if ``rec`` runs directly on ``prev``'s output (nothing in between)."""
     a, b = prev.out, rec.inp
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)  # both blocks passed _keeps_width
     if a is b:
         return True
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
@@ -291,7 +292,9 @@ class _StageRecorder:
             self.handles.append(modules[name].register_forward_hook(self._output_hook(k)))
 
     def _store_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.steps[0] = _flat64(first_tensor(args, kwargs))
+        x = first_tensor(args, kwargs)
+        assert x is not None  # the stage's first block took a tensor input in the probe forward
+        self.steps[0] = _flat64(x)
 
     def _output_hook(self, k: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -301,9 +304,10 @@ class _StageRecorder:
 
     def take(self) -> list[torch.Tensor]:
         """The positions x_0..x_K of the latest forward."""
-        if any(s is None for s in self.steps):
+        steps = [s for s in self.steps if s is not None]
+        if len(steps) < len(self.steps):
             raise RuntimeError(f"the stage {self.names} did not run completely during the forward.")
-        steps, self.steps = self.steps, [None] * len(self.steps)
+        self.steps = [None] * len(self.steps)
         return steps
 
     def remove(self) -> None:
@@ -479,6 +483,7 @@ def _efficiency(stat: _StageStats) -> dict[str, Any]:
     xk = torch.cat(stat.ends).numpy()
     count, blocks = len(x0), len(stat.names)
     w2 = _w2_squared(x0, xk)
+    assert stat.sq_moves is not None  # add() ran at least once: the loader yielded a first batch
     block_kinetic = stat.sq_moves / count
     kinetic = float(block_kinetic.sum())
     if kinetic > 0:

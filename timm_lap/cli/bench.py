@@ -76,7 +76,9 @@ class NaiveLAP:
             if spec.shortcut is not None:
                 spec.shortcut.register_forward_hook(lambda m, a, o, slot=slot: slot.__setitem__("s", o))
             spec.module.register_forward_hook(
-                lambda m, a, o, slot=slot, proj=spec.shortcut is not None: self._hook(o, slot.pop("s") if proj else a[0])
+                lambda m, a, o, slot=slot, proj=spec.shortcut is not None: self._hook(
+                    o, slot.pop("s") if proj else a[0]
+                )
             )
         model.register_forward_pre_hook(lambda m, a: self.residuals.clear())
 
@@ -306,9 +308,13 @@ def _bench_spec(spec: ModelSpec, args: argparse.Namespace, device: torch.device,
     base = result["time_s"]["vanilla"]["median"]
     result["time_ratio"] = {v.name: result["time_s"][v.name]["median"] / base for v in variants}
     if "saved_bytes" in result:
-        result["saved_bytes_ratio"] = {k: b / result["saved_bytes"]["vanilla"] for k, b in result["saved_bytes"].items()}
+        result["saved_bytes_ratio"] = {
+            k: b / result["saved_bytes"]["vanilla"] for k, b in result["saved_bytes"].items()
+        }
     if "peak_memory" in result:
-        result["peak_memory_ratio"] = {k: b / result["peak_memory"]["vanilla"] for k, b in result["peak_memory"].items()}
+        result["peak_memory_ratio"] = {
+            k: b / result["peak_memory"]["vanilla"] for k, b in result["peak_memory"].items()
+        }
     n_blocks = len(find_blocks(variants[0].model)[0])
     result["blocks"] = n_blocks
     result["us_per_block"] = {
@@ -325,7 +331,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     env = {
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": (
+            torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine()
+        ),
         "threads": torch.get_num_threads(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "func")},
     }
@@ -367,12 +376,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="per-block: 40 tiny blocks, batch 4, 1 thread (variants vanilla, bare_hook, timm_lap, "
                              "timm_lap_ungrouped); paper: preact_flat9 w16 at b32 and preact_resnet56 at b64; "
                              "models: --models at --img-size/--batch-size (default: all three)")
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="timm model names for the models case")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                        help="timm model names for the models case")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS,
                         help="for the paper and models cases; bare_hook: hooks that only keep references; "
                              "timm_lap_sample: the transport estimated from a quarter of each batch (sample=0.25); "
-                             "timm_lap_ungrouped: one autograd node per block; timm_lap_grouped: taps off, blocks grouped "
-                             "(on CUDA too); timm_lap_taps/_notaps: gradient taps forced on/off, one node per block; timm_lap_torch: without the fused CUDA kernels (default: %(default)s)")
+                             "timm_lap_ungrouped: one autograd node per block; timm_lap_grouped: taps off, "
+                             "blocks grouped (on CUDA too); timm_lap_taps/_notaps: gradient taps forced on/off, "
+                             "one node per block; timm_lap_torch: without the fused CUDA kernels "
+                             "(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="default: %(default)s")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the paper and models cases (default: torch's choice)")

@@ -230,7 +230,7 @@ def summarise(rows: Sequence[dict[str, Any]], method_order: Sequence[str] = ()) 
             if label != "vanilla" and set(vanilla) & set(by_seed):
                 diff = paired_difference({s: r["test_top1"] for s, r in by_seed.items()},
                                          {s: r["test_top1"] for s, r in vanilla.items()})
-                diff["detectable"] = detectable_difference(diff["sd"], diff["n"])
+                diff["detectable"] = detectable_difference(diff["sd"], int(diff["n"]))  # n: a count of pairs
                 entry["diff_vs_vanilla"] = diff
             out.append(entry)
     return out
@@ -428,8 +428,8 @@ def _plan(opts: argparse.Namespace, train_flags: list[str], parser: argparse.Arg
     args, _ = parse_args(train_flags)  # the train flags' own errors, once, before any run
     if args.model.endswith("_lap"):
         parser.error(f"--model {args.model}: give the base model ({args.model[:-4]}); compare adds LAP per method")
-    sizes = [(n, e or args.epochs) for n, e in sizes]
-    return Plan(args.dataset, args.model, train_flags, sizes, methods, seeds, sorted(set(opts.weights)),
+    run_sizes = [(n, e or args.epochs) for n, e in sizes]  # EPOCHS defaults to the train flags' --epochs
+    return Plan(args.dataset, args.model, train_flags, run_sizes, methods, seeds, sorted(set(opts.weights)),
                 select_seeds, opts.val_from_train)
 
 

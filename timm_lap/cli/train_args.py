@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "validation labels stay clean). Default 0")
 
     g = p.add_argument_group("Model")
-    g.add_argument("--model", default="resnet50", metavar="MODEL", help="timm model name ('resnet18_lap' implies --lap)")
+    g.add_argument("--model", default="resnet50", metavar="MODEL",
+                   help="timm model name ('resnet18_lap' implies --lap)")
     g.add_argument("--pretrained", action="store_true", default=False)
     g.add_argument("--initial-checkpoint", default="", metavar="PATH")
     g.add_argument("--init-gain", type=float, default=1.0, metavar="G",

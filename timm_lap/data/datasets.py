@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +153,7 @@ def load_digits_dataset(split: str = "train") -> ArrayImageDataset:
 # ---------------------------------------------------------------------------------------------------------------
 
 # IDX type codes (third magic byte) -> big-endian numpy dtypes
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -405,7 +405,8 @@ class BalancedSubset(Subset):
 
     @transform.setter
     def transform(self, value: Any) -> None:
-        self.dataset.transform = value
+        dataset: Any = self.dataset  # any dataset object: the attribute is set whether it declares one or not
+        dataset.transform = value
 
     @property
     def target_transform(self) -> Any:
@@ -413,7 +414,8 @@ class BalancedSubset(Subset):
 
     @target_transform.setter
     def target_transform(self, value: Any) -> None:
-        self.dataset.target_transform = value
+        dataset: Any = self.dataset  # as for transform
+        dataset.target_transform = value
 
     @property
     def classes(self) -> list[str] | None:
@@ -541,6 +543,10 @@ def with_label_noise(dataset: Dataset, fraction: float, seed: int = 0) -> Relabe
     for i in chosen:
         others = labels[labels != targets[i]]
         noisy[i] = others[rng.integers(len(others))]
-    base = dataset.dataset if isinstance(dataset, BalancedSubset) else dataset
-    indices = dataset.indices if isinstance(dataset, BalancedSubset) else range(len(dataset))
+    indices: Sequence[int]
+    if isinstance(dataset, BalancedSubset):
+        base, indices = dataset.dataset, dataset.indices
+    else:
+        assert isinstance(dataset, Sized)  # a map-style dataset has a length (torch's Dataset declares none)
+        base, indices = dataset, range(len(dataset))
     return RelabelledSubset(base, indices, noisy.tolist())

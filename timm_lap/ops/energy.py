@@ -32,7 +32,10 @@ _triton_loaded = False
 def _fused_kernels(out: torch.Tensor, shortcut: torch.Tensor):
     """The Triton module if it applies to these tensors (eager, CUDA, dense, same strides), else None."""
     global _triton, _triton_loaded
-    if out.device.type != "cuda" or not fused_enabled() or torch.compiler.is_compiling() or shortcut.device != out.device:
+    if (
+        out.device.type != "cuda" or not fused_enabled() or torch.compiler.is_compiling()
+        or shortcut.device != out.device
+    ):
         return None
     if not _triton_loaded:
         _triton, _triton_loaded = _load_triton(), True
@@ -67,7 +70,8 @@ def unpack_saved(ctx) -> tuple[torch.Tensor, ...]:
 
 
 class _SquaredDisplacementMean(torch.autograd.Function):
-    """``mean((out - shortcut)^2)`` in :func:`~timm_lap.displacement.energy_dtype`; backward recomputes ``out - shortcut``."""
+    """``mean((out - shortcut)^2)`` in :func:`~timm_lap.displacement.energy_dtype`; backward recomputes
+    ``out - shortcut``."""
 
     @staticmethod
     def forward(ctx, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:

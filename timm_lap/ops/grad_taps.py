@@ -13,6 +13,7 @@ hooks run after it because autograd only calls a tensor's hook once every consum
 """
 from __future__ import annotations
 
+import types
 import weakref
 
 import torch
@@ -29,7 +30,8 @@ class Term:
 
     def __init__(self, numel: int) -> None:
         self.numel = numel
-        self.fused = None  # the Triton kernels module when the forward found the tensors fit them
+        # The Triton kernels module when the forward found the tensors fit them.
+        self.fused: types.ModuleType | None = None
         self.users = 0  # tensor hooks that read this term
         self.pending = 0
         self.grad: torch.Tensor | None = None
@@ -103,6 +105,8 @@ def _torch_add_terms(grad: torch.Tensor, terms: list[tuple[Term, float]]) -> tor
     if acc is grad:
         acc = acc.clone()
     for term, sign in terms:
+        # Only ready terms get here: set() has run and consumed() has not dropped them yet.
+        assert term.grad is not None and term.out is not None and term.shortcut is not None
         d = displacement(term.out, term.shortcut)
         acc.add_(d.mul_(term.grad.to(d.dtype) * term.scale(sign)))
     return acc.to(grad.dtype)
@@ -112,6 +116,11 @@ def add_terms(grad: torch.Tensor, terms: list[tuple[Term, float]]) -> torch.Tens
     """``grad + sum sign * grad_E * 2/n * (out - shortcut)`` in float32 or wider, returned in ``grad``'s dtype."""
     # The forward already checked each term's (out, shortcut) for the fused kernels (Term.fused);
     # the gradient only has to walk memory in the same order.
-    if all(t.fused is not None and grad.stride() == t.out.stride() for t, _ in terms) and grad.is_cuda:
-        return terms[0][0].fused.add_terms(grad, [(t.out, t.shortcut, t.grad, t.scale(sign)) for t, sign in terms])
+    if (
+        all(t.fused is not None and t.out is not None and grad.stride() == t.out.stride() for t, _ in terms)
+        and grad.is_cuda
+    ):
+        fused = terms[0][0].fused
+        assert fused is not None  # checked for every term just above
+        return fused.add_terms(grad, [(t.out, t.shortcut, t.grad, t.scale(sign)) for t, sign in terms])
     return _torch_add_terms(grad, terms)

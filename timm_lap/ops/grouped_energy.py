@@ -27,7 +27,9 @@ __all__ = ["grouped_energies", "displacement_norm", "measured_early", "grouping_
            "grouping"]
 
 
-def _displacements(outs: Sequence[torch.Tensor], shortcuts: Sequence[torch.Tensor], all_float32: bool) -> list[torch.Tensor]:
+def _displacements(
+    outs: list[torch.Tensor], shortcuts: list[torch.Tensor], all_float32: bool  # lists: what torch._foreach_* take
+) -> list[torch.Tensor]:
     """``out_k - shortcut_k`` (new tensors) as :func:`timm_lap.displacement.displacement` forms them: float32, or the
     wider dtype of the pair (float64 models keep their precision)."""
     if all_float32:
@@ -121,6 +123,7 @@ class _StackedPlan:
     def displacements(self, stacked: torch.Tensor) -> torch.Tensor:
         if self.chain:
             return stacked[1:] - stacked[:-1]
+        assert self.out_index is not None and self.shortcut_index is not None  # made unless chain
         return stacked.index_select(0, self.out_index) - stacked.index_select(0, self.shortcut_index)
 
     def gradients(self, d: torch.Tensor, count: int) -> torch.Tensor:
@@ -129,6 +132,7 @@ class _StackedPlan:
             grads[1:] += d
             grads[:-1] -= d
             return grads
+        assert self.out_index is not None and self.shortcut_index is not None  # made unless chain
         return grads.index_add_(0, self.out_index, d).index_add_(0, self.shortcut_index, d, alpha=-1)
 
 
@@ -274,15 +278,17 @@ def _accumulated_gradients(
             continue
         d = _scaled_displacement(tensors[u_out], tensors[u_short], coefs[k])
         if needs[u_out]:
-            if grads[u_out] is None:
+            g_out = grads[u_out]
+            if g_out is None:
                 grads[u_out] = d
             else:
-                grads[u_out].add_(d)
+                g_out.add_(d)
         if needs[u_short]:
-            if grads[u_short] is None:
+            g_short = grads[u_short]
+            if g_short is None:
                 grads[u_short] = torch.neg(d)
             else:
-                grads[u_short].sub_(d)
+                g_short.sub_(d)
     return grads
 
 
