@@ -5,18 +5,15 @@ weights scaled after timm's init), the learning rate and the weight decay, and (
 ``--model-kwargs zero_init_last=False`` and ``--drop-path``. Reported: a scatter of final test transport vs
 test accuracy with Spearman's rho and its p-value.
 
-    python benchmarks/energy_bias.py --quick
+    python -m benchmarks.energy_bias --quick
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import sys
 from typing import Any, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 NAME = "energy_bias"
 KEY_FIELDS = ("dataset", "size", "seed", "epochs", "lr", "weight_decay", "init_gain", "zero_init_last", "drop_path")

@@ -4,28 +4,24 @@ Modes, each timed as host-enqueue and synced wall milliseconds per step (median 
 vanilla; ``hooks_noop`` (a no-op forward hook on every block); ``track_only`` (energies computed in the
 forward, not in the loss); ``lap_fixed`` (``LeastActionLoss(weight=0.1)``); ``lap`` (with
 ``MultiplierScheduler``), then ``lap`` with Python's GC off and with the plain-PyTorch energy; then a
-cProfile of 5 ``lap`` steps. Usage: ``python benchmarks/gpu_ablation.py`` (needs CUDA).
+cProfile of 5 ``lap`` steps. Usage: ``python -m benchmarks.gpu_ablation`` (needs CUDA).
 """
 from __future__ import annotations
 
 import cProfile
 import gc
 import io
-import os
 import pstats
 import statistics
-import sys
 from typing import Callable
 
 import timm
 import torch
 import torch.nn as nn
 
+from benchmarks.gpu_timing import synced_steps
 from timm_lap import LeastActionLoss, MultiplierScheduler, track
 from timm_lap.ops import switches as config
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _gpu_timing import synced_steps  # noqa: E402
 
 MODES = ("vanilla", "hooks_noop", "track_only", "lap_fixed", "lap")
 

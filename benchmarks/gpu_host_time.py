@@ -6,7 +6,7 @@ gradient taps, loss, multiplier) with timers and records ``gc`` pauses, then rep
 milliseconds: wall (synced), pipelined, our Python, GC pauses and GC collections by generation.
 ``--gc-freeze`` moves everything alive before timing to the permanent generation (``gc.freeze()``).
 
-    python benchmarks/gpu_host_time.py [--gc-freeze] [--json FILE]
+    python -m benchmarks.gpu_host_time [--gc-freeze] [--json FILE]
 """
 from __future__ import annotations
 
@@ -14,21 +14,17 @@ import argparse
 import functools
 import gc
 import json
-import os
 import statistics
-import sys
 import time
 
 import timm
 import torch
 
+from benchmarks.gpu_timing import pipelined_step, synced_steps
 from timm_lap import loss, multiplier, tracker
 from timm_lap.ops import energy
 from timm_lap.ops import grad_taps
 from timm_lap.cli.bench import build_variant, build_parser
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _gpu_timing import pipelined_step, synced_steps  # noqa: E402
 
 _ACC = {"python_s": 0.0}
 _GC = {"pause_s": 0.0, "count": [0, 0, 0], "start": 0.0}

@@ -4,7 +4,7 @@ For each variant (same model, data and settings as ``timm-lap bench``): wall tim
 every step and over back-to-back steps (as a real loop runs), the host time to enqueue a step, forward /
 backward / optimizer GPU time from CUDA events, and a ``torch.profiler`` table of the heaviest kernels.
 
-    python benchmarks/gpu_profile.py --out DIR [--models resnet50 --img-size 224 --batch-size 128]
+    python -m benchmarks.gpu_profile --out DIR [--models resnet50 --img-size 224 --batch-size 128]
 """
 from __future__ import annotations
 
@@ -12,15 +12,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
 import timm
 import torch
 
+from benchmarks.gpu_timing import pipelined_step, synced_steps
 from timm_lap.cli.bench import build_variant, model_kwargs, build_parser, variant_settings
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _gpu_timing import pipelined_step, synced_steps  # noqa: E402
 
 
 def _events_breakdown(v, steps: int) -> dict[str, float]:

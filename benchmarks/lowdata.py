@@ -4,16 +4,13 @@ vanilla vs LAP (tau 1) vs a fixed-weight penalty (W chosen on a part carved from
 seeds, on scikit-learn digits (fixed 25 % test split) and Fashion-MNIST (official 10k test set), resnet10t, SGD +
 cosine, short training. Each dataset writes ``<out-dir>/<dataset>/`` (runs.jsonl, summary.md, accuracy_vs_size.png).
 
-    python benchmarks/lowdata.py --quick --datasets digits
+    python -m benchmarks.lowdata --quick --datasets digits
 """
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 NAME = "lowdata"
 DATASETS = {"digits": "sklearn/digits", "fashion_mnist": "torch/fashion_mnist"}

@@ -1,8 +1,8 @@
 """Overhead of timm-lap against vanilla and a naive regulariser (same as `timm-lap bench`).
 
-    python benchmarks/overhead.py        # CPU: per-block case, paper-shaped nets, 4 models at 64 px, batch 32
-    python benchmarks/overhead.py --cases per-block paper --threads 1
-    python benchmarks/overhead.py --device cuda --cases models --models resnet50 --img-size 224 --batch-size 128 \
+    python -m benchmarks.overhead        # CPU: per-block case, paper-shaped nets, 4 models at 64 px, batch 32
+    python -m benchmarks.overhead --cases per-block paper --threads 1
+    python -m benchmarks.overhead --device cuda --cases models --models resnet50 --img-size 224 --batch-size 128 \
         --amp --channels-last [--compile]
 """
 from timm_lap.cli.bench import main

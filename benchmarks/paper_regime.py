@@ -3,11 +3,11 @@
 Four parts, each resumable (rerun the same command; finished runs are skipped), each writing under
 ``benchmarks/results/paper_regime/`` (or ``--out-dir``):
 
-    python benchmarks/paper_regime.py study        # vanilla / LAP tau 0.1, 1, 10 / fixed W: paired, 10 seeds
-    python benchmarks/paper_regime.py study --model preact_resnet20   # the same on the CIFAR-style ResNet-20
-    python benchmarks/paper_regime.py energy-bias  # 36 vanilla runs: is low held-out transport a sign of accuracy?
-    python benchmarks/paper_regime.py adapt        # LAP's lam and transport as the task gets harder (label noise)
-    python benchmarks/paper_regime.py sample       # LAP with sample=0.25 against the exact transport, paired seeds
+    python -m benchmarks.paper_regime study        # vanilla / LAP tau 0.1, 1, 10 / fixed W: paired, 10 seeds
+    python -m benchmarks.paper_regime study --model preact_resnet20   # the same on the CIFAR-style ResNet-20
+    python -m benchmarks.paper_regime energy-bias  # 36 vanilla runs: is low held-out transport a sign of accuracy?
+    python -m benchmarks.paper_regime adapt        # LAP's lam and transport as the task gets harder (label noise)
+    python -m benchmarks.paper_regime sample       # LAP with sample=0.25 against the exact transport, paired seeds
 
 Recipe (the reference code's, scaled to a CPU): Fashion-MNIST (official 10k test set), ``preact_flat9`` at width
 16 (the registry default is 32), SGD lr 0.1, momentum 0.9, weight decay 1e-4, 100 epochs, lr x0.1 at epochs 50

@@ -5,7 +5,8 @@
 # Resumable: rerun the same command and finished runs are skipped.
 #   bash benchmarks/paper_regime.sh [OUT_DIR] [extra compare options, e.g. --jobs 16 --threads 1]
 set -euo pipefail
-OUT="${1:-benchmarks/results/paper_regime}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${1:-$ROOT/benchmarks/results/paper_regime}"
 shift || true
 exec timm-lap compare --title "Paper regime: preact_flat9 (width 16) on Fashion-MNIST" \
     --methods vanilla lap lap:tau=0.1 lap:tau=10 fixed --weights 0.01 0.1 1 \

@@ -1,7 +1,7 @@
 """Paired A/B in one process: the grouped energy's block-by-block path for large CPU tensors against the
 ``_foreach_`` path it replaced, each against vanilla, steps interleaved (drift hits all three alike).
 
-Usage: python benchmarks/per_tensor_ab.py {flat9,resnet56} [REPEATS]   (one torch thread)
+Usage: python -m benchmarks.per_tensor_ab {flat9,resnet56} [REPEATS]   (one torch thread)
 """
 from __future__ import annotations
 

@@ -1,16 +1,13 @@
 """Sensitivity of LAP to the multiplier step tau and the initial multiplier lambda0: a preset of
 ``timm-lap compare`` (digits, resnet10t; every setting and a vanilla reference share seeds and subsets).
 
-    python benchmarks/sensitivity.py --quick
+    python -m benchmarks.sensitivity --quick
 """
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 NAME = "sensitivity"
 

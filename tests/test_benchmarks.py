@@ -3,26 +3,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import load_script
-
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _load(name: str):
-    """Import benchmarks/<name>.py (benchmarks/ is not a package)."""
-    if BENCH not in sys.path:
-        sys.path.insert(0, BENCH)
-    return load_script(Path(BENCH) / f"{name}.py", f"bench_{name}")
-
-
-C = _load("_common")
+# The repository root is on sys.path (pyproject's pytest ``pythonpath``): the scripts import as a package.
+import benchmarks.energy_bias
+import benchmarks.lowdata
+import benchmarks.paper_regime
+import benchmarks.per_tensor_ab
+import benchmarks.sensitivity
+from benchmarks import common as C
 
 
 # --------------------------------------------------------------------------------------------- statistics
@@ -89,9 +80,8 @@ def test_results_file_resume_keys(tmp_path):
 # --------------------------------------------------------------------------------------------- smoke runs
 
 
-def _smoke(name: str, tmp_path, expected_runs: int, fields: tuple[str, ...], plot: str) -> None:
-    module = _load(name)
-    out = tmp_path / name
+def _smoke(module, tmp_path, expected_runs: int, fields: tuple[str, ...], plot: str) -> None:
+    out = tmp_path / module.NAME
     argv = ["--smoke", "--out-dir", str(out), "--threads", "2"]
     first = module.main(argv)
     rows = [json.loads(line) for line in open(first["results"]) if line.strip()]
@@ -112,9 +102,8 @@ def _smoke(name: str, tmp_path, expected_runs: int, fields: tuple[str, ...], plo
     assert time.perf_counter() - start < 15.0
 
 
-def _compare_smoke(name: str, tmp_path, sub: str, expected_runs: int) -> list[dict]:
+def _compare_smoke(module, tmp_path, sub: str, expected_runs: int) -> list[dict]:
     """A preset over timm-lap compare: its --smoke runs, then a rerun that runs nothing."""
-    module = _load(name)
     argv = ["--smoke", "--out-dir", str(tmp_path), "--threads", "2"]
     first = module.main(argv)
     assert first["counts"] == {"ran": expected_runs, "skipped": 0, "left": 0}
@@ -128,7 +117,7 @@ def _compare_smoke(name: str, tmp_path, sub: str, expected_runs: int) -> list[di
 
 @pytest.mark.slow
 def test_lowdata_preset_smoke_and_resume(tmp_path):
-    rows = _compare_smoke("lowdata", tmp_path, "digits", 2 + 3)  # W selection (2 weights), then 3 methods
+    rows = _compare_smoke(benchmarks.lowdata, tmp_path, "digits", 2 + 3)  # W selection (2 weights), then 3 methods
     selection = [r for r in rows if r["phase"] == "selection"]
     # W was chosen on a part of the training split (269 of digits' 1347 images), never on the 450 test images.
     assert sorted(r["weight"] for r in selection) == [0.1, 1.0] and {r["eval_images"] for r in selection} == {269}
@@ -141,13 +130,13 @@ def test_lowdata_preset_smoke_and_resume(tmp_path):
 
 @pytest.mark.slow
 def test_sensitivity_preset_smoke_and_resume(tmp_path):
-    rows = _compare_smoke("sensitivity", tmp_path, "digits", 3)
+    rows = _compare_smoke(benchmarks.sensitivity, tmp_path, "digits", 3)
     assert {r["label"] for r in rows} == {"vanilla", "lap:lambda0=0.1", "lap"}
 
 
 @pytest.mark.slow
 def test_energy_bias_smoke_and_resume(tmp_path):
-    _smoke("energy_bias", tmp_path, 3, ("lr", "weight_decay", "init_gain", "zero_init_last", "drop_path"),
+    _smoke(benchmarks.energy_bias, tmp_path, 3, ("lr", "weight_decay", "init_gain", "zero_init_last", "drop_path"),
            "transport_vs_accuracy.png")
     summary = json.loads((tmp_path / "energy_bias" / "summary.json").read_text())
     assert summary["runs"] == 3 and summary["spearman"] is not None
@@ -155,7 +144,7 @@ def test_energy_bias_smoke_and_resume(tmp_path):
 
 def test_stop_after_leaves_sweep_resumable(tmp_path):
     """A zero-minute limit launches nothing and reports every run of the first pass as left."""
-    module = _load("lowdata")
+    module = benchmarks.lowdata
     res = module.main(["--smoke", "--out-dir", str(tmp_path), "--stop-after", "0"])
     # selection (2 weights) plus vanilla and LAP are left; the fixed-weight run waits for the selection
     assert res["counts"]["ran"] == 0 and res["counts"]["left"] == 4
@@ -163,7 +152,7 @@ def test_stop_after_leaves_sweep_resumable(tmp_path):
 
 
 def test_energy_bias_grid_varies_init_gain_lr_and_weight_decay():
-    module = _load("energy_bias")
+    module = benchmarks.energy_bias
     cells = module.build_cells(module.PRESETS["quick"])
     assert len(cells) >= 12
     for key in ("init_gain", "lr", "weight_decay"):
@@ -174,8 +163,8 @@ def test_energy_bias_grid_varies_init_gain_lr_and_weight_decay():
 
 @pytest.mark.slow
 def test_paper_regime_parts_smoke(tmp_path):
-    """benchmarks/paper_regime.py: each part's --smoke (digits, 1 epoch) end to end."""
-    module = _load("paper_regime")
+    """benchmarks.paper_regime: each part's --smoke (digits, 1 epoch) end to end."""
+    module = benchmarks.paper_regime
     common = ["--smoke", "--out-dir", str(tmp_path), "--jobs", "1"]
     study = module.main(["study", *common])
     labels = {r["label"] for r in map(json.loads, open(study["results"])) if r["phase"] == "test"}
@@ -200,7 +189,7 @@ def test_per_tensor_ab_times_both_paths_and_restores_the_threshold():
     from timm_lap.ops import grouped_energy
 
     before = grouped_energy.PER_TENSOR_MIN_NUMEL
-    ratios = _load("per_tensor_ab").main("flat9", repeats=2, warmup=0)
+    ratios = benchmarks.per_tensor_ab.main("flat9", repeats=2, warmup=0)
     assert set(ratios) == {"vanilla", "foreach", "block_by_block"} and ratios["vanilla"] == 1.0
     assert all(r > 0 for r in ratios.values())
     assert grouped_energy.PER_TENSOR_MIN_NUMEL == before
