@@ -83,7 +83,7 @@ def test_bad_lap_flags(flags, match, capsys):
 @pytest.mark.slow
 def test_two_epoch_lap_run_writes_every_output(tmp_path):
     result = _run(tmp_path, "run", "--epochs", "2", "--lap", "--checkpoint-hist", "2")
-    out = Path(result["output_dir"])
+    out = Path(result.output_dir)
     for name in ("args.yaml", "summary.csv", "last.pth.tar", "model_best.pth.tar", "checkpoint-0.pth.tar",
                  "checkpoint-1.pth.tar", "curves.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -93,7 +93,7 @@ def test_two_epoch_lap_run_writes_every_output(tmp_path):
     assert float(rows[1]["lap_lambda"]) > float(rows[0]["lap_lambda"]) > 1.0
     assert float(rows[1]["transport"]) > 0
     ckpt = torch.load(out / "last.pth.tar", map_location="cpu", weights_only=False)
-    assert ckpt["timm_lap"]["multiplier"]["lam"].item() == pytest.approx(result["lam"])
+    assert ckpt["timm_lap"]["multiplier"]["lam"].item() == pytest.approx(result.lam)
     assert ckpt["epoch"] == 1
 
 
@@ -102,11 +102,11 @@ def test_resume_continues_exactly(tmp_path):
     flags = ("--epochs", "4", "--lap", "--lap-tau", "0.5")
     full = _run(tmp_path / "a", "run", *flags)
     part = _run(tmp_path / "b", "run", *flags, stop_after=2)
-    resumed = _run(tmp_path / "b", "run", *flags, "--resume", str(Path(part["output_dir"]) / "last.pth.tar"))
-    a = (Path(full["output_dir"]) / "summary.csv").read_text()
-    b = (Path(resumed["output_dir"]) / "summary.csv").read_text()
+    resumed = _run(tmp_path / "b", "run", *flags, "--resume", str(Path(part.output_dir) / "last.pth.tar"))
+    a = (Path(full.output_dir) / "summary.csv").read_text()
+    b = (Path(resumed.output_dir) / "summary.csv").read_text()
     assert a == b
-    assert resumed["lam"] == full["lam"]
+    assert resumed.lam == full.lam
 
 
 @pytest.mark.slow
@@ -114,29 +114,29 @@ def test_sampled_transport_with_other_p_resumes_exactly(tmp_path):
     """--lap-sample draws restart from (seed, epoch) every epoch, so a resume repeats them; --lap-p reaches the loss."""
     flags = ("--epochs", "3", "--lap", "--lap-sample", "0.25", "--lap-p", "1.5")
     full = _run(tmp_path / "a", "run", *flags)
-    tracker = get_tracker(full["model"])
+    tracker = get_tracker(full.model)
     assert (tracker.sample, tracker.p) == (0.25, 1.5)
     part = _run(tmp_path / "b", "run", *flags, stop_after=1)
-    resumed = _run(tmp_path / "b", "run", *flags, "--resume", str(Path(part["output_dir"]) / "last.pth.tar"))
-    a = (Path(full["output_dir"]) / "summary.csv").read_text()
-    assert a == (Path(resumed["output_dir"]) / "summary.csv").read_text()
+    resumed = _run(tmp_path / "b", "run", *flags, "--resume", str(Path(part.output_dir) / "last.pth.tar"))
+    a = (Path(full.output_dir) / "summary.csv").read_text()
+    assert a == (Path(resumed.output_dir) / "summary.csv").read_text()
     exact = _run(tmp_path / "c", "run", "--epochs", "3", "--lap", "--lap-p", "1.5")
-    assert read_summary(Path(exact["output_dir"]) / "summary.csv")[0]["transport"] != read_summary(
-        Path(full["output_dir"]) / "summary.csv")[0]["transport"]
+    assert read_summary(Path(exact.output_dir) / "summary.csv")[0]["transport"] != read_summary(
+        Path(full.output_dir) / "summary.csv")[0]["transport"]
 
 
 @pytest.mark.slow
 def test_val_from_train_and_eval_interval(tmp_path):
     result = _run(tmp_path, "carved", "--epochs", "3", "--val-from-train", "0.2", "--eval-interval", "2")
-    n_eval = len(result["loader_eval"].dataset)
+    n_eval = len(result.loader_eval.dataset)
     assert n_eval == round(0.2 * 1347)  # a fifth of the digits training split, not the 450-image held-out split
-    rows = result["rows"]
+    rows = result.rows
     assert math.isnan(rows[0]["eval_top1"]) and not math.isnan(rows[1]["eval_top1"])
     assert not math.isnan(rows[2]["eval_top1"])  # the last epoch is always evaluated
-    out = Path(result["output_dir"])
+    out = Path(result.output_dir)
     assert (out / "recovery-0-0.pth.tar").is_file() and (out / "checkpoint-1.pth.tar").is_file()
-    eval_indices = set(result["loader_eval"].dataset.indices)
-    train_ds = result["loader_train"].dataset  # the --train-subset drawn from what was kept
+    eval_indices = set(result.loader_eval.dataset.indices)
+    train_ds = result.loader_train.dataset  # the --train-subset drawn from what was kept
     train_indices = {train_ds.dataset.indices[i] for i in train_ds.indices}
     assert len(train_ds) == 120 and not train_indices & eval_indices
 
@@ -147,9 +147,9 @@ def test_init_gain_scales_conv_and_linear_weights_only():
     args, _ = parse_args([*DIGITS, "--init-gain", "2"])
     base_args, _ = parse_args(DIGITS)
     torch.manual_seed(0)
-    base = _build_model(base_args, 10, 1)
+    base = _build_model(base_args, 10, 1, lap=False)
     torch.manual_seed(0)
-    scaled = _build_model(args, 10, 1)
+    scaled = _build_model(args, 10, 1, lap=False)
     for (name, p), q in zip(base.named_parameters(), scaled.parameters()):
         factor = 2.0 if name.endswith("weight") and p.dim() > 1 else 1.0  # conv/linear weights; not BN, not biases
         torch.testing.assert_close(q, p * factor, msg=name)
@@ -168,11 +168,11 @@ def test_bad_eval_flags(flags, match, capsys):
 @pytest.mark.slow
 def test_without_lap_training_is_plain_timm(tmp_path):
     vanilla = _run(tmp_path, "vanilla", "--epochs", "1")
-    assert get_tracker(vanilla["model"]) is None
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in vanilla["model"].modules())
+    assert get_tracker(vanilla.model) is None
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in vanilla.model.modules())
     zero = _run(tmp_path, "zero", "--epochs", "1", "--lap", "--lap-weight", "0")
     for key in ("train_loss", "eval_loss", "eval_top1"):
-        assert vanilla["rows"][0][key] == zero["rows"][0][key]  # the regulariser at weight 0 changes nothing
+        assert vanilla.rows[0][key] == zero.rows[0][key]  # the regulariser at weight 0 changes nothing
 
 
 @pytest.mark.slow
@@ -180,9 +180,9 @@ def test_lap_model_name_implies_lap_and_works_with_amp_ema_accum_checkpointing(t
     result = _run(tmp_path, "all", "--model", "resnet10t_lap", "--epochs", "1", "--amp", "--amp-dtype", "bfloat16",
                   "--model-ema", "--grad-accum-steps", "2", "--grad-checkpointing", "--channels-last",
                   "--mixup", "0.2")
-    row = result["rows"][0]
+    row = result.rows[0]
     assert row["lap_lambda"] > 1.0 and row["transport"] > 0
-    assert get_tracker(result["model"]) is not None
+    assert get_tracker(result.model) is not None
 
 
 @pytest.mark.slow
@@ -194,8 +194,8 @@ def test_fashion_mnist_from_idx_files(tmp_path):
                              "--workers", "0", "--device", "cpu", "--output", str(tmp_path), "--experiment", "f",
                              "--lap", "--log-interval", "1000"])
     result = train(args, text)
-    assert result["rows"][0]["eval_top1"] > 10.0  # above chance after one epoch on 100 images
-    assert len(result["loader_eval"].dataset) == 10000
+    assert result.rows[0]["eval_top1"] > 10.0  # above chance after one epoch on 100 images
+    assert len(result.loader_eval.dataset) == 10000
 
 
 def test_missing_dataset_gives_the_documented_error(tmp_path, monkeypatch):
@@ -229,7 +229,7 @@ def test_demo_quick_prints_both_rows(tmp_path, capsys):
     results = demo(["--quick", "--output", str(tmp_path)])
     out = capsys.readouterr().out
     assert re.search(r"^vanilla\s+\d", out, re.M) and re.search(r"^lap\s+\d", out, re.M)
-    assert results["lap"]["lam"] > 1.0 and results["vanilla"]["lam"] is None
+    assert results["lap"].lam > 1.0 and results["vanilla"].lam is None
     assert (tmp_path / "demo.png").is_file()
 
 
@@ -249,11 +249,11 @@ def test_fewer_samples_than_one_batch_is_a_clear_error(tmp_path):
 
 def test_label_noise_corrupts_training_labels_only(tmp_path):
     result = _run(tmp_path, "noisy", "--epochs", "1", "--label-noise", "0.25")
-    train_ds = result["loader_train"].dataset
+    train_ds = result.loader_train.dataset
     clean = [train_ds.dataset.targets[i] for i in train_ds.indices]
     assert sum(a != b for a, b in zip(clean, train_ds.targets)) == 30  # 25 % of 120, each moved to another class
     assert [train_ds[i][1] for i in range(5)] == train_ds.targets[:5]  # what the loader yields
-    assert not hasattr(result["loader_eval"].dataset, "indices")  # the evaluation split is untouched
+    assert not hasattr(result.loader_eval.dataset, "indices")  # the evaluation split is untouched
 
 
 @pytest.mark.parametrize("value", ["1.0", "-0.1"])
@@ -292,11 +292,11 @@ def test_a_run_from_0_1_0_resumes_with_its_multiplier(tmp_path):
              "--resume", str(FIXTURE_0_1_0)]
     args, text = parse_args(flags)
     result = train(args, text)
-    rows = read_summary(Path(result["output_dir"]) / "summary.csv")
+    rows = read_summary(Path(result.output_dir) / "summary.csv")
     assert [int(r["epoch"]) for r in rows] == [1]  # epoch 0 came from the checkpoint
     # Two more updates of tau * task_loss (task loss well above 0.5 this early) on top of the stored lam; starting
     # again from lambda0 = 1 would end near 3.3.
-    assert result["lam"] > 3.380574345588684 + 2 * 0.5 * 0.5
+    assert result.lam > 3.380574345588684 + 2 * 0.5 * 0.5
 
 
 def test_curves_leave_the_callers_matplotlib_backend_alone(tmp_path):

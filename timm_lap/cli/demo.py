@@ -9,7 +9,8 @@ import argparse
 import logging
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..analysis import plotting
 from ..analysis.measure import validation_transport
@@ -19,27 +20,51 @@ from .train_args import parse_args
 __all__ = ["main", "validation_transport"]
 
 
-def _run(name: str, common: list[str], extra: list[str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DemoRun:
+    """One of the demo's runs, as the table and the plot show it."""
+
+    output_dir: str
+    rows: list[dict[str, float]]  # summary.csv's rows
+    best_metric: float
+    lam: float | None  # the final multiplier (None without LAP)
+    val_transport: float  # held-out transport of the final model
+    seconds: float
+
+
+def _run(name: str, common: list[str], extra: list[str]) -> DemoRun:
     args, text = parse_args(common + ["--experiment", name] + extra)
     start = time.perf_counter()
     result = train(args, text)
-    result["seconds"] = time.perf_counter() - start
-    result["val_transport"] = validation_transport(result["model"], result["loader_eval"])
-    return result
+    seconds = time.perf_counter() - start
+    assert result.output_dir is not None and result.best_metric is not None  # one process, every epoch evaluated
+    return DemoRun(output_dir=result.output_dir, rows=result.rows, best_metric=result.best_metric, lam=result.lam,
+                   val_transport=validation_transport(result.model, result.loader_eval), seconds=seconds)
 
 
 DEMO_PANELS = (("task_loss", "training task loss"), ("eval_top1", "validation top-1 (%)"),
                ("transport", "training transport (LAP)"), ("lap_lambda", "multiplier lam (LAP)"))
 
 
-def _plot(results: dict[str, dict[str, Any]], path: str) -> str | None:
-    runs = {name: read_summary(os.path.join(result["output_dir"], "summary.csv")) for name, result in results.items()}
+def _plot(results: dict[str, DemoRun], path: str) -> str | None:
+    runs = {name: read_summary(os.path.join(result.output_dir, "summary.csv")) for name, result in results.items()}
     drawn = plotting.plot_curves(runs, DEMO_PANELS, path, colors={"vanilla": "tab:blue", "lap": "tab:orange"},
                                  title="timm-lap demo: resnet10t on scikit-learn digits (low-data subset)")
     return None if drawn is None else str(drawn)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def _table(results: dict[str, DemoRun]) -> str:
+    header = (f"{'method':8s} {'val top-1 (%)':>14s} {'best top-1':>11s} {'val transport':>14s} {'final lam':>10s} "
+              f"{'time (s)':>9s}")
+    lines = [header, "-" * len(header)]
+    for name, r in results.items():
+        lam = "-" if r.lam is None else f"{r.lam:.3g}"
+        lines.append(f"{name:8s} {r.rows[-1]['eval_top1']:14.2f} {r.best_metric:11.2f} {r.val_transport:14.4f} "
+                     f"{lam:>10s} {r.seconds:9.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, DemoRun]:
     parser = argparse.ArgumentParser(prog="timm-lap demo", description=__doc__.split("\n")[0])
     parser.add_argument("--train-subset", type=int, default=300, help="training images (class-balanced)")
     parser.add_argument("--epochs", type=int, default=15)
@@ -65,18 +90,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "vanilla": _run("vanilla", common, []),
         "lap": _run("lap", common, ["--lap", "--lap-tau", str(opts.lap_tau)]),
     }
-    header = f"{'method':8s} {'val top-1 (%)':>14s} {'best top-1':>11s} {'val transport':>14s} {'final lam':>10s} {'time (s)':>9s}"
-    lines = [header, "-" * len(header)]
-    for name, r in results.items():
-        last = r["rows"][-1]
-        lam = "-" if r["lam"] is None else f"{r['lam']:.3g}"
-        lines.append(f"{name:8s} {last['eval_top1']:14.2f} {r['best_metric']:11.2f} {r['val_transport']:14.4f} "
-                     f"{lam:>10s} {r['seconds']:9.1f}")
-    print("\n".join(lines))
+    print(_table(results))
     plot = _plot(results, os.path.join(opts.output, "demo.png"))
     if plot:
         print(f"plot written to {plot}")
-    return {name: {k: v for k, v in r.items() if k not in ("model", "loader_eval")} for name, r in results.items()}
+    return results
 
 
 if __name__ == "__main__":

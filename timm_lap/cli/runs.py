@@ -19,8 +19,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 __all__ = ["ResultsFile", "run_cell", "run_cells"]
 
@@ -106,17 +107,18 @@ def run_cell(argv: Sequence[str], threads: int | None = None, transport_images: 
         with _quiet_logs():
             result = train(args, text, plot=False)
         seconds = time.perf_counter() - start
-        last = result["rows"][-1]
-        loader = result["loader_eval"]
-        batch_size = getattr(loader, "loader", loader).batch_size  # timm's PrefetchLoader wraps a DataLoader
+        last = result.rows[-1]
+        loader = result.loader_eval
+        inner: Any = getattr(loader, "loader", loader)  # timm's PrefetchLoader wraps a DataLoader
+        batch_size = inner.batch_size
         max_batches = -(-transport_images // batch_size)
-        transport = validation_transport(result["model"], loader, max_batches)
-        curves = {key: [float(r[key]) for r in result["rows"]] for key in ("task_loss", "transport", "lap_lambda")}
+        transport = validation_transport(result.model, loader, max_batches)
+        curves = {key: [float(r[key]) for r in result.rows] for key in ("task_loss", "transport", "lap_lambda")}
         return {
             "test_top1": float(last["eval_top1"]), "test_loss": float(last["eval_loss"]),
-            "test_transport": float(transport), "lam": result["lam"], "train_task_loss": float(last["task_loss"]),
+            "test_transport": float(transport), "lam": result.lam, "train_task_loss": float(last["task_loss"]),
             "curves": curves, "seconds": round(seconds, 2), "threads": torch.get_num_threads(),
-            "device": str(args.device), "eval_images": len(loader.dataset), "torch": torch.__version__,
+            "device": str(result.config.device), "eval_images": len(loader.dataset), "torch": torch.__version__,
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -156,6 +158,76 @@ class _Progress:
             self.bar.close()
 
 
+class _Sweep:
+    """One call of :func:`run_cells`: appends each finished cell's row, counts, reports progress and failures."""
+
+    def __init__(self, results: ResultsFile, total: int, skipped: int, desc: str, threads: int,
+                 transport_images: int, deadline: float | None) -> None:
+        self.results, self.desc, self.deadline = results, desc, deadline
+        self.threads, self.transport_images = threads, transport_images
+        self.counts = {"ran": 0, "skipped": skipped, "left": 0}
+        self.progress = _Progress(total, skipped, desc)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def finish(self, cell: Cell, metrics: dict[str, Any]) -> None:
+        row = {**cell, **metrics}
+        self.results.append(row)
+        self.counts["ran"] += 1
+        self.progress.update(row)
+
+    def failed(self, cell: Cell) -> None:
+        print(f"{self.desc}: run failed ({cell.get('label', '')} seed {cell.get('seed', '')}); to see it alone: "
+              f"timm-lap train {' '.join(cell['argv'])}", file=sys.stderr, flush=True)
+
+    def serial(self, pending: Sequence[Cell]) -> None:
+        """The cells one after the other in this process."""
+        for i, cell in enumerate(pending):
+            if self.out_of_time():
+                self.counts["left"] = len(pending) - i
+                break
+            try:
+                metrics = run_cell(cell["argv"], self.threads, self.transport_images)
+            except Exception:
+                self.failed(cell)
+                raise
+            self.finish(cell, metrics)
+
+    def parallel(self, pending: Sequence[Cell], jobs: int) -> None:
+        """The cells in ``jobs`` worker processes, started in order, rows appended as they finish."""
+        # spawn: a fresh interpreter per worker (fork after torch has started threads is unsafe).
+        context = multiprocessing.get_context("spawn")
+        queue = list(pending)
+        running: dict[Future, Cell] = {}
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            try:
+                while queue or running:
+                    while queue and len(running) < jobs and not self.out_of_time():
+                        cell = queue.pop(0)
+                        running[pool.submit(run_cell, cell["argv"], self.threads, self.transport_images)] = cell
+                    if not running:
+                        break
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        cell = running.pop(future)
+                        if future.exception() is not None:
+                            self.failed(cell)
+                        self.finish(cell, future.result())
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        self.counts["left"] = len(queue)
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.counts["left"]:
+            print(f"{self.desc}: time limit reached, {self.counts['left']} run(s) left; rerun the same command to "
+                  "resume", file=sys.stderr, flush=True)
+
+
 def run_cells(cells: Sequence[Cell], results: ResultsFile, jobs: int = 1, threads: int | None = None,
               desc: str = "runs", transport_images: int = 2048, deadline: float | None = None) -> dict[str, int]:
     """Run every cell not yet in ``results`` (``jobs`` processes of ``threads`` torch threads each), appending rows.
@@ -167,65 +239,15 @@ def run_cells(cells: Sequence[Cell], results: ResultsFile, jobs: int = 1, thread
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     done = results.done()
     pending = [c for c in cells if results.key(c) not in done]
-    counts = {"ran": 0, "skipped": len(cells) - len(pending), "left": 0}
     if not pending:
-        return counts
+        return {"ran": 0, "skipped": len(cells), "left": 0}
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    progress = _Progress(len(cells), counts["skipped"], desc)
-
-    def finish(cell: Cell, metrics: dict[str, Any]) -> None:
-        row = {**cell, **metrics}
-        results.append(row)
-        counts["ran"] += 1
-        progress.update(row)
-
-    def failed(cell: Cell) -> None:
-        print(f"{desc}: run failed ({cell.get('label', '')} seed {cell.get('seed', '')}); to see it alone: "
-              f"timm-lap train {' '.join(cell['argv'])}", file=sys.stderr, flush=True)
-
-    def out_of_time() -> bool:
-        return deadline is not None and time.monotonic() >= deadline
-
+    sweep = _Sweep(results, len(cells), len(cells) - len(pending), desc, threads, transport_images, deadline)
     try:
         if jobs == 1:
-            for i, cell in enumerate(pending):
-                if out_of_time():
-                    counts["left"] = len(pending) - i
-                    break
-                try:
-                    metrics = run_cell(cell["argv"], threads, transport_images)
-                except Exception:
-                    failed(cell)
-                    raise
-                finish(cell, metrics)
-            return counts
-        # spawn: a fresh interpreter per worker (fork after torch has started threads is unsafe).
-        context = multiprocessing.get_context("spawn")
-        queue = list(pending)
-        running: dict[Future, Cell] = {}
-        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            try:
-                while queue or running:
-                    while queue and len(running) < jobs and not out_of_time():
-                        cell = queue.pop(0)
-                        running[pool.submit(run_cell, cell["argv"], threads, transport_images)] = cell
-                    if not running:
-                        break
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        cell = running.pop(future)
-                        if future.exception() is not None:
-                            failed(cell)
-                        finish(cell, future.result())
-            except BaseException:
-                for future in running:
-                    future.cancel()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-        counts["left"] = len(queue)
-        return counts
+            sweep.serial(pending)
+        else:
+            sweep.parallel(pending, jobs)
+        return sweep.counts
     finally:
-        progress.close()
-        if counts["left"]:
-            print(f"{desc}: time limit reached, {counts['left']} run(s) left; rerun the same command to resume",
-                  file=sys.stderr, flush=True)
+        sweep.close()

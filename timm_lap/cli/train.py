@@ -2,6 +2,11 @@
 
     timm-lap train --dataset sklearn/digits --model resnet18 --lap --epochs 30 -b 64 --lr 0.05
     torchrun --nproc-per-node 2 -m timm_lap.train --dataset torch/fashion_mnist --model resnet18_lap ...
+
+A run goes in four steps: :func:`resolve_config` turns the parsed flags into a frozen :class:`TrainConfig` (the
+flags as given, plus every value derived from them), :func:`build_objects` builds what trains
+(:class:`TrainingObjects`), :func:`run_epochs` runs the epochs and returns a :class:`TrainResult`; :func:`train`
+chains them.
 """
 from __future__ import annotations
 
@@ -12,9 +17,12 @@ import math
 import os
 import sys
 from collections import OrderedDict
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -23,6 +31,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import create_model, load_checkpoint, model_parameters, resume_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.scheduler.scheduler import Scheduler
 from timm.utils import (
     AverageMeter,
     CheckpointSaver,
@@ -32,34 +41,45 @@ from timm.utils import (
     dispatch_clip_grad,
     get_outdir,
     init_distributed_device,
-    is_primary,
     random_seed,
     reduce_tensor,
 )
 from tqdm.auto import tqdm
 
 from ..analysis import plotting
-from ..data.datasets import (class_balanced_subset, create_lap_dataset, dataset_num_classes, holdout_split, index_subset,
-                   with_label_noise)
+from ..data.datasets import (
+    class_balanced_subset,
+    create_lap_dataset,
+    dataset_num_classes,
+    holdout_split,
+    index_subset,
+    with_label_noise,
+)
 from ..device import resolve_device
 from ..loss import LeastActionLoss
 from ..models import LAP_SUFFIX
 from ..multiplier import MultiplierScheduler
-from ..tracker import get_tracker, track
+from ..tracker import DisplacementTracker, get_tracker, track
 from .train_args import parse_args
 
-__all__ = ["main", "train", "SUMMARY_COLUMNS"]
+__all__ = ["main", "train", "resolve_config", "build_objects", "run_epochs", "TrainConfig", "TrainingObjects",
+           "TrainResult", "SUMMARY_COLUMNS"]
 
 _logger = logging.getLogger("timm_lap.train")
 
 SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "task_loss", "transport",
                    "lap_lambda")
 # Sensible input defaults for the small grey-scale datasets timm-lap ships loaders for.
-DATASET_INPUT_DEFAULTS = {
+DATASET_INPUT_DEFAULTS: dict[str, dict[str, tuple[Any, ...]]] = {
     "sklearn/digits": dict(input_size=(1, 32, 32), mean=(0.5,), std=(0.5,)),
     "torch/mnist": dict(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,)),
     "torch/fashion_mnist": dict(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3530,)),
 }
+EVAL_METRICS = ("loss", "top1", "top5")  # what validate() measures
+
+Loader = Any  # what timm's create_loader returns: a torch DataLoader, or timm's PrefetchLoader around one
+Autocast = Callable[[], AbstractContextManager[Any]]
+Row = dict[str, float]  # one line of summary.csv
 
 
 class ExtraTrainingState:
@@ -90,28 +110,164 @@ class ExtraTrainingState:
             self.scaler.load_state_dict(state["amp_scaler"])
 
 
-def _resolve_device(args: argparse.Namespace) -> None:
+# ------------------------------------------------------------------ step 1: the flags, resolved once
+@dataclass(frozen=True)
+class Placement:
+    """Where this process runs: the device, and its place among the processes of a torchrun job."""
+
+    device: torch.device
+    distributed: bool
+    world_size: int
+    rank: int
+    local_rank: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The flags of one run, resolved once: ``args`` is what was parsed (inputs, never changed); every other
+    field is a value the run derives from the flags, the process and the dataset, and uses instead of the flag."""
+
+    args: argparse.Namespace
+    device: torch.device  # --device, or CUDA when there is one (the local rank's GPU under torchrun)
+    distributed: bool
+    world_size: int
+    rank: int
+    local_rank: int
+    lap: bool  # --lap, or implied by a *_lap model name or --lap-weight
+    num_classes: int  # --num-classes, or the training set's
+    in_chans: int
+    input_size: tuple[int, ...] | None  # --input-size, or the default of a known small dataset
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    lr: float  # --lr, or --lr-base scaled by the global batch (timm's rule)
+    amp_dtype: torch.dtype | None  # None without --amp
+    mixup: bool  # --mixup or --cutmix is on
+    prefetcher: bool  # timm's CUDA prefetching loader
+    eval_metric: str  # the key of validate()'s metrics that ranks checkpoints (--eval-metric, else top1)
+
+    @property
+    def primary(self) -> bool:
+        """The process that logs and writes the run folder."""
+        return self.rank == 0
+
+    @property
+    def uses_multiplier(self) -> bool:
+        """LAP with the multiplier (no fixed --lap-weight)."""
+        return self.lap and self.args.lap_weight is None
+
+    def namespace(self) -> argparse.Namespace:
+        """The flags with the derived values written in (a new object each call): what timm's helpers read and
+        what checkpoints store under ``args``."""
+        ns = argparse.Namespace(**vars(self.args))
+        ns.device = str(self.device)
+        ns.lap = self.lap
+        ns.input_size, ns.mean, ns.std = (None if v is None else list(v)
+                                          for v in (self.input_size, self.mean, self.std))
+        ns.distributed, ns.world_size, ns.rank, ns.local_rank = (self.distributed, self.world_size, self.rank,
+                                                                 self.local_rank)
+        ns.num_classes = self.num_classes
+        ns.lr = self.lr
+        return ns
+
+
+def _start_process(args: argparse.Namespace) -> Placement:
+    """Resolve --device, join the process group under torchrun (timm's helper) and seed this process."""
     try:
-        args.device = str(resolve_device(args.device, "timm-lap train"))
+        name = str(resolve_device(args.device, "timm-lap train"))
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    dist = argparse.Namespace(device=name)  # timm's helper writes its answers into this
+    device = init_distributed_device(dist)
+    random_seed(args.seed, dist.rank)
+    return Placement(device, dist.distributed, dist.world_size, dist.rank, dist.local_rank)
+
+
+def dataset_input_defaults(args: argparse.Namespace) -> tuple[list[int] | None, list[float] | None,
+                                                              list[float] | None]:
+    """``args``' (input size, mean, std), with those of a known small dataset where the user gave none."""
+    input_size, mean, std = args.input_size, args.mean, args.std
+    defaults = DATASET_INPUT_DEFAULTS.get(args.dataset)
+    if not defaults:
+        return input_size, mean, std
+    if input_size is None and args.img_size is None and args.in_chans is None:
+        input_size = list(defaults["input_size"])
+    chans = input_size[0] if input_size else (args.in_chans or defaults["input_size"][0])
+    if mean is None and chans == 1:
+        mean = list(defaults["mean"])
+    if std is None and chans == 1:
+        std = list(defaults["std"])
+    return input_size, mean, std
 
 
 def apply_dataset_defaults(args: argparse.Namespace) -> None:
     """Fill the input size, mean and std of a known small dataset into ``args`` where the user gave none."""
-    defaults = DATASET_INPUT_DEFAULTS.get(args.dataset)
-    if not defaults:
-        return
-    if args.input_size is None and args.img_size is None and args.in_chans is None:
-        args.input_size = list(defaults["input_size"])
-    chans = args.input_size[0] if args.input_size else (args.in_chans or defaults["input_size"][0])
-    if args.mean is None and chans == 1:
-        args.mean = list(defaults["mean"])
-    if args.std is None and chans == 1:
-        args.std = list(defaults["std"])
+    args.input_size, args.mean, args.std = dataset_input_defaults(args)
 
 
-def _build_datasets(args: argparse.Namespace):
+def _resolve_lr(args: argparse.Namespace, world_size: int) -> float:
+    if args.lr is not None:
+        return float(args.lr)
+    global_batch = args.batch_size * world_size * args.grad_accum_steps
+    ratio = global_batch / args.lr_base_size
+    scale = args.lr_base_scale or ("sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear")
+    return float(args.lr_base * (ratio ** 0.5 if scale == "sqrt" else ratio))
+
+
+def resolve_config(args: argparse.Namespace, placement: Placement, train_set: Any) -> TrainConfig:
+    """Every value the run derives from the flags ``args`` (which are copied, not changed)."""
+    input_size, mean, std = dataset_input_defaults(args)
+    mixup = args.mixup > 0 or args.cutmix > 0
+    metric = args.eval_metric.replace("eval_", "")
+    return TrainConfig(
+        args=argparse.Namespace(**vars(args)),
+        device=placement.device, distributed=placement.distributed, world_size=placement.world_size,
+        rank=placement.rank, local_rank=placement.local_rank,
+        lap=args.lap or args.model.endswith(LAP_SUFFIX) or args.lap_weight is not None,
+        num_classes=args.num_classes or dataset_num_classes(train_set),
+        in_chans=args.in_chans or (input_size[0] if input_size else 3),
+        input_size=None if input_size is None else tuple(input_size),
+        mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
+        lr=_resolve_lr(args, placement.world_size),
+        amp_dtype=(torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16) if args.amp else None,
+        mixup=mixup,
+        prefetcher=placement.device.type == "cuda" and not args.no_prefetcher and not mixup,
+        eval_metric=metric if metric in EVAL_METRICS else "top1",
+    )
+
+
+# ------------------------------------------------------------------ step 2: the objects that train
+@dataclass(frozen=True)
+class RunOutput:
+    """The run folder the first process writes: checkpoints (through ``saver``), args.yaml, summary.csv."""
+
+    dir: str
+    saver: CheckpointSaver
+    summary_path: str
+
+
+@dataclass(frozen=True)
+class TrainingObjects:
+    """What a run trains, evaluates and saves, built by :func:`build_objects`."""
+
+    model: nn.Module  # as built: evaluated, saved and returned
+    train_model: nn.Module  # what the training step calls: ``model``, compiled (--torchcompile) and/or in DDP
+    model_ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Scheduler
+    start_epoch: int  # > 0 after --resume
+    num_epochs: int
+    train_loss: nn.Module  # timm's training loss for the flags, in a LeastActionLoss with LAP
+    eval_loss: nn.Module
+    multiplier: MultiplierScheduler | None
+    loss_scaler: NativeScaler | None  # AMP in float16
+    autocast: Autocast
+    mixup: Mixup | None
+    loader_train: Loader
+    loader_eval: Loader
+    output: RunOutput | None  # None on every process but the first
+
+
+def _build_datasets(args: argparse.Namespace) -> tuple[Any, Any]:
     common = dict(root=args.data_dir or "", download=args.dataset_download, batch_size=args.batch_size,
                   seed=args.seed)
     train_set = create_lap_dataset(args.dataset, split=args.train_split, is_training=True, **common)
@@ -138,7 +294,8 @@ def scale_initial_weights(model: nn.Module, gain: float) -> nn.Module:
     return model
 
 
-def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int) -> nn.Module:
+def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int, lap: bool) -> nn.Module:
+    """The timm model of the flags ``args``; ``lap``: track its blocks (a *_lap model tracks itself)."""
     kwargs = dict(args.model_kwargs)
     if args.model.endswith(LAP_SUFFIX):
         kwargs.update(lap_p=args.lap_p, lap_blocks=args.lap_blocks, lap_sample=args.lap_sample)
@@ -155,11 +312,18 @@ def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int) -> n
         load_checkpoint(model, args.initial_checkpoint)
     if args.init_gain != 1.0:
         scale_initial_weights(model, args.init_gain)
-    if args.lap and get_tracker(model) is None:
+    if lap and get_tracker(model) is None:
         track(model, blocks=args.lap_blocks, p=args.lap_p, sample=args.lap_sample)
     if args.grad_checkpointing:
-        model.set_grad_checkpointing(enable=True)
+        cast(Any, model).set_grad_checkpointing(enable=True)
     return model
+
+
+def _tracker(model: nn.Module) -> DisplacementTracker:
+    tracker = get_tracker(model)
+    if tracker is None:
+        raise RuntimeError("timm-lap train: the model has no displacement tracker")  # _build_model attached one
+    return tracker
 
 
 def _load_training_checkpoint(path: str) -> dict[str, Any]:
@@ -169,15 +333,174 @@ def _load_training_checkpoint(path: str) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _resolve_lr(args: argparse.Namespace) -> None:
-    if args.lr is not None:
-        return
-    global_batch = args.batch_size * args.world_size * args.grad_accum_steps
-    ratio = global_batch / args.lr_base_size
-    scale = args.lr_base_scale or ("sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear")
-    args.lr = args.lr_base * (ratio ** 0.5 if scale == "sqrt" else ratio)
+def _amp(config: TrainConfig) -> tuple[Autocast, NativeScaler | None]:
+    """The autocast context of --amp, and the loss scaler that float16 needs."""
+    amp_dtype = config.amp_dtype
+    if amp_dtype is None:
+        return nullcontext, None
+    autocast = lambda: torch.autocast(config.device.type, dtype=amp_dtype)
+    return autocast, NativeScaler(device=config.device.type) if amp_dtype == torch.float16 else None
 
 
+def _build_train_loss(config: TrainConfig, model: nn.Module,
+                      optimizer: torch.optim.Optimizer) -> tuple[nn.Module, MultiplierScheduler | None]:
+    """timm's choice of training loss, wrapped by LAP when asked; and LAP's multiplier (no fixed weight)."""
+    args = config.args
+    if config.mixup:
+        loss: nn.Module = SoftTargetCrossEntropy()
+    elif args.smoothing:
+        loss = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        loss = nn.CrossEntropyLoss()
+    if not config.lap:
+        return loss, None
+    # The model's own tracker carries --lap-p, --lap-blocks and --lap-sample.
+    lap_loss = LeastActionLoss(loss, _tracker(model), weight=args.lap_weight)
+    multiplier = None
+    if config.uses_multiplier:
+        multiplier = MultiplierScheduler(optimizer, lap_loss, tau=args.lap_tau, every=args.lap_every,
+                                         lambda0=args.lap_lambda0)
+    return lap_loss, multiplier
+
+
+def _resume(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+            extra_state: ExtraTrainingState) -> tuple[int, dict[str, Any]]:
+    """--resume: restore model, optimizer, multiplier and scaler; returns (start epoch, the checkpoint)."""
+    args = config.args
+    if not args.resume:
+        return 0, {}
+    checkpoint = _load_training_checkpoint(args.resume)
+    start_epoch = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+                                    loss_scaler=extra_state, log_info=config.primary) or 0
+    return start_epoch, checkpoint
+
+
+def _build_ema(config: TrainConfig, model: nn.Module, checkpoint: dict[str, Any]) -> ModelEmaV3 | None:
+    if not config.args.model_ema:
+        return None
+    model_ema = ModelEmaV3(model, decay=config.args.model_ema_decay)
+    if "state_dict_ema" in checkpoint:
+        model_ema.module.load_state_dict(checkpoint["state_dict_ema"])
+    return model_ema
+
+
+def _training_model(config: TrainConfig, model: nn.Module) -> nn.Module:
+    """``model`` as the training step calls it: compiled with --torchcompile, in DDP under torchrun."""
+    train_model = model
+    if config.args.torchcompile:
+        train_model = cast(nn.Module, torch.compile(model, backend=config.args.torchcompile))
+    if config.distributed:
+        device_ids = [config.device] if config.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=device_ids)
+    return train_model
+
+
+def _build_mixup(config: TrainConfig) -> Mixup | None:
+    args = config.args
+    if not config.mixup:
+        return None
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                 switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
+                 num_classes=config.num_classes)
+
+
+def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any,
+                   data_config: dict[str, Any]) -> tuple[Loader, Loader]:
+    args, device = config.args, config.device
+    train_interpolation = args.train_interpolation
+    if args.no_aug or not train_interpolation:
+        train_interpolation = data_config["interpolation"]
+    loader_train = create_loader(
+        train_set, input_size=data_config["input_size"], batch_size=args.batch_size, is_training=True,
+        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale,
+        ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
+        interpolation=train_interpolation, mean=data_config["mean"], std=data_config["std"],
+        num_workers=args.workers, distributed=config.distributed, pin_memory=args.pin_mem, device=device,
+        use_prefetcher=config.prefetcher, persistent_workers=False,
+    )
+    loader_eval = create_loader(
+        eval_set, input_size=data_config["input_size"], batch_size=args.validation_batch_size or args.batch_size,
+        is_training=False, interpolation=data_config["interpolation"], mean=data_config["mean"],
+        std=data_config["std"], num_workers=args.workers, distributed=config.distributed,
+        crop_pct=data_config["crop_pct"], pin_memory=args.pin_mem, device=device, use_prefetcher=config.prefetcher,
+        persistent_workers=False,
+    )
+    if len(loader_train) == 0:
+        # timm's training loader drops the last partial batch: fewer samples than one batch means no step at all.
+        raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch (-b {args.batch_size}"
+                         f"{f' x {config.world_size} processes' if config.distributed else ''}), and the last "
+                         f"partial batch is dropped when training, so no step would be taken; use "
+                         f"-b {len(train_set)} or less")
+    return loader_train, loader_eval
+
+
+def _updates_per_epoch(batches: int, accum: int) -> int:
+    return (batches + accum - 1) // accum
+
+
+def _build_scheduler(flags: argparse.Namespace, optimizer: torch.optim.Optimizer, batches: int,
+                     start_epoch: int) -> tuple[Scheduler, int]:
+    """timm's scheduler for the resolved flags, moved on to ``start_epoch``; returns (scheduler, epochs)."""
+    updates_per_epoch = _updates_per_epoch(batches, flags.grad_accum_steps)
+    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(flags),
+                                                   updates_per_epoch=updates_per_epoch)
+    if start_epoch > 0:
+        if flags.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
+    return lr_scheduler, num_epochs
+
+
+def _open_output(config: TrainConfig, flags: argparse.Namespace, saver_objects: dict[str, Any],
+                 checkpoint: dict[str, Any], input_size: Sequence[int], args_text: str) -> RunOutput:
+    """The run folder: its checkpoint saver (continuing a resumed run's ranking there) and args.yaml."""
+    args = config.args
+    exp_name = args.experiment or "-".join([
+        datetime.now().strftime("%Y%m%d-%H%M%S"), safe_model_name(args.model), str(input_size[-1])])
+    output_dir = get_outdir(args.output or "./output/train", exp_name)
+    saver = CheckpointSaver(**saver_objects, args=flags, checkpoint_dir=output_dir, recovery_dir=output_dir,
+                            decreasing="loss" in args.eval_metric, max_history=args.checkpoint_hist)
+    same_dir = os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir)
+    if "saver" in checkpoint and same_dir and hasattr(saver, "load_state_dict"):  # timm >= 1.0.25
+        saver.load_state_dict(checkpoint["saver"])  # keep ranking/evicting checkpoints as before
+    with open(os.path.join(output_dir, "args.yaml"), "w") as f:
+        f.write(args_text)
+    return RunOutput(output_dir, saver, os.path.join(output_dir, "summary.csv"))
+
+
+def build_objects(config: TrainConfig, train_set: Any, eval_set: Any, args_text: str = "") -> TrainingObjects:
+    """Model, EMA, optimizer, scheduler, losses, multiplier, loaders and (first process) the run folder."""
+    args, flags = config.args, config.namespace()
+    model = _build_model(args, config.num_classes, config.in_chans, config.lap)
+    data_config = resolve_data_config(vars(flags), model=model, verbose=config.primary)
+    model.to(config.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=flags))
+    autocast, loss_scaler = _amp(config)
+    train_loss, multiplier = _build_train_loss(config, model, optimizer)
+    extra_state = ExtraTrainingState(multiplier, loss_scaler)
+    start_epoch, checkpoint = _resume(config, model, optimizer, extra_state)
+    model_ema = _build_ema(config, model, checkpoint)
+    train_model = _training_model(config, model)
+    mixup = _build_mixup(config)
+    loader_train, loader_eval = _build_loaders(config, train_set, eval_set, data_config)
+    lr_scheduler, num_epochs = _build_scheduler(flags, optimizer, len(loader_train), start_epoch)
+    output = None
+    if config.primary:
+        saver_objects = dict(model=model, optimizer=optimizer, model_ema=model_ema, amp_scaler=extra_state)
+        output = _open_output(config, flags, saver_objects, checkpoint, data_config["input_size"], args_text)
+        _logger.info(f"timm-lap train: {args.model}{' with LAP' if config.lap else ''}, {len(train_set)} training / "
+                     f"{len(eval_set)} validation samples, {num_epochs} epochs, output in {output.dir}")
+    return TrainingObjects(
+        model=model, train_model=train_model, model_ema=model_ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
+        start_epoch=start_epoch, num_epochs=num_epochs, train_loss=train_loss, eval_loss=nn.CrossEntropyLoss(),
+        multiplier=multiplier, loss_scaler=loss_scaler, autocast=autocast, mixup=mixup, loader_train=loader_train,
+        loader_eval=loader_eval, output=output)
+
+
+# ------------------------------------------------------------------ step 3: the epochs
 class _Progress:
     """tqdm on a terminal, plain log lines every ``log_interval`` steps otherwise."""
 
@@ -203,88 +526,113 @@ class _Progress:
             self.bar.close()
 
 
-def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, device, lr_scheduler=None, amp_autocast=nullcontext,
-                    loss_scaler=None, model_ema=None, mixup_fn=None, primary=True):
+def _train_step(config: TrainConfig, objects: TrainingObjects, x: torch.Tensor, y: torch.Tensor, steps: int,
+                need_update: bool) -> torch.Tensor:
+    """Forward and backward of one batch (its share 1/``steps`` of an update), then the optimizer step when
+    ``need_update``; returns the batch's loss."""
+    args, model, optimizer = config.args, objects.train_model, objects.optimizer
+    x, y = x.to(config.device), y.to(config.device)
+    if objects.mixup is not None:
+        x, y = objects.mixup(x, y)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    no_sync = config.distributed and not need_update and hasattr(model, "no_sync")
+    with cast(Any, model).no_sync() if no_sync else nullcontext():
+        with objects.autocast():
+            output = model(x)
+            loss = objects.train_loss(output, y)
+        scaled = loss / steps
+        if objects.loss_scaler is not None:
+            objects.loss_scaler(scaled, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                                parameters=model_parameters(model, exclude_head="agc" in args.clip_mode),
+                                need_update=need_update)
+        else:
+            scaled.backward()
+            if need_update:
+                if args.clip_grad is not None:
+                    dispatch_clip_grad(model_parameters(model, exclude_head="agc" in args.clip_mode),
+                                       value=args.clip_grad, mode=args.clip_mode)
+                optimizer.step()
+    return loss
+
+
+def _after_update(objects: TrainingObjects, num_updates: int) -> None:
+    objects.optimizer.zero_grad()
+    if objects.model_ema is not None:
+        objects.model_ema.update(objects.train_model, step=num_updates)
+    objects.lr_scheduler.step_update(num_updates=num_updates)
+
+
+def _epoch_metrics(config: TrainConfig, sums: dict[str, torch.Tensor], count: int,
+                   lap_loss: LeastActionLoss | None) -> OrderedDict[str, float]:
+    """Means over the epoch's batches (over all processes), plus the multiplier; NaN where there is none."""
+    means = {k: v / max(count, 1) for k, v in sums.items()}
+    if config.distributed:
+        means = {k: reduce_tensor(v, config.world_size) for k, v in means.items()}
+    metrics = OrderedDict((k, v.item()) for k, v in means.items())
+    metrics["lap_lambda"] = lap_loss.lam.item() if lap_loss is not None else float("nan")
+    if lap_loss is None:
+        metrics["transport"] = float("nan")
+    return metrics
+
+
+def _running_means(sums: dict[str, torch.Tensor], count: int, lap_loss: LeastActionLoss | None) -> dict[str, float]:
+    """The progress line's values: mean loss and transport so far, and the multiplier."""
+    means = {k: (v / count).item() for k, v in sums.items() if k != "task_loss"}
+    return means | ({"lam": lap_loss.lam.item()} if lap_loss is not None else {})
+
+
+def train_one_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -> tuple[OrderedDict[str, float], int]:
     """One epoch; returns (metrics, num_updates). Metrics are means over the epoch (reduced over ranks)."""
-    lap_loss = loss_fn if isinstance(loss_fn, LeastActionLoss) else None
-    accum = args.grad_accum_steps
-    updates_per_epoch = (len(loader) + accum - 1) // accum
-    num_updates = epoch * updates_per_epoch
-    sums = {k: torch.zeros((), device=device, dtype=torch.float64) for k in ("loss", "task_loss", "transport")}
+    loader = objects.loader_train
+    lap_loss = objects.train_loss if isinstance(objects.train_loss, LeastActionLoss) else None
+    accum = config.args.grad_accum_steps
+    num_updates = epoch * _updates_per_epoch(len(loader), accum)
+    sums = {k: torch.zeros((), device=config.device, dtype=torch.float64) for k in ("loss", "task_loss", "transport")}
     count = 0
-    model.train()
-    progress = _Progress(len(loader), f"train {epoch}", primary, args.log_interval)
-    optimizer.zero_grad()
+    objects.train_model.train()
+    progress = _Progress(len(loader), f"train {epoch}", config.primary, config.args.log_interval)
+    objects.optimizer.zero_grad()
     last_accum_steps = len(loader) % accum
     last_batch_idx = len(loader) - 1
     last_batch_idx_to_accum = len(loader) - last_accum_steps
     for batch_idx, (x, y) in enumerate(loader):
         need_update = (batch_idx + 1) % accum == 0 or batch_idx == last_batch_idx
         steps_this_update = last_accum_steps if batch_idx >= last_batch_idx_to_accum and last_accum_steps else accum
-        x, y = x.to(device), y.to(device)
-        if mixup_fn is not None:
-            x, y = mixup_fn(x, y)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        sync_ctx = model.no_sync if (args.distributed and not need_update and hasattr(model, "no_sync")) else nullcontext
-        with sync_ctx():
-            with amp_autocast():
-                output = model(x)
-                loss = loss_fn(output, y)
-            scaled = loss / steps_this_update
-            if loss_scaler is not None:
-                loss_scaler(scaled, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                            parameters=model_parameters(model, exclude_head="agc" in args.clip_mode),
-                            need_update=need_update)
-            else:
-                scaled.backward()
-                if need_update:
-                    if args.clip_grad is not None:
-                        dispatch_clip_grad(model_parameters(model, exclude_head="agc" in args.clip_mode),
-                                           value=args.clip_grad, mode=args.clip_mode)
-                    optimizer.step()
+        loss = _train_step(config, objects, x, y, steps_this_update, need_update)
         sums["loss"] += loss.detach()
         if lap_loss is not None:
+            assert lap_loss.task_loss is not None and lap_loss.transport is not None  # set by the forward
             sums["task_loss"] += lap_loss.task_loss
             sums["transport"] += lap_loss.transport
         else:
             sums["task_loss"] += loss.detach()
         count += 1
         if need_update:
-            optimizer.zero_grad()
             num_updates += 1
-            if model_ema is not None:
-                model_ema.update(model, step=num_updates)
-            if lr_scheduler is not None:
-                lr_scheduler.step_update(num_updates=num_updates)
-        progress.update(batch_idx, lambda: {k: (v / count).item() for k, v in sums.items() if k != "task_loss"}
-                        | ({"lam": lap_loss.lam.item()} if lap_loss is not None else {}))
+            _after_update(objects, num_updates)
+        progress.update(batch_idx, partial(_running_means, sums, count, lap_loss))
     progress.close()
-    means = {k: v / max(count, 1) for k, v in sums.items()}
-    if args.distributed:
-        means = {k: reduce_tensor(v, args.world_size) for k, v in means.items()}
-    metrics = OrderedDict((k, v.item()) for k, v in means.items())
-    metrics["lap_lambda"] = lap_loss.lam.item() if lap_loss is not None else float("nan")
-    if lap_loss is None:
-        metrics["transport"] = float("nan")
-    return metrics, num_updates
+    return _epoch_metrics(config, sums, count, lap_loss), num_updates
 
 
 @torch.no_grad()
-def validate(model, loader, loss_fn, args, device, amp_autocast=nullcontext, primary=True, desc="eval"):
+def validate(config: TrainConfig, model: nn.Module, loader: Loader, loss_fn: nn.Module, amp_autocast: Autocast,
+             desc: str = "eval") -> OrderedDict[str, float]:
+    """Mean loss, top-1 and top-5 of ``model`` over ``loader`` (reduced over ranks)."""
     model.eval()
-    meters = {k: AverageMeter() for k in ("loss", "top1", "top5")}
-    progress = _Progress(len(loader), desc, primary, args.log_interval)
+    meters = {k: AverageMeter() for k in EVAL_METRICS}
+    progress = _Progress(len(loader), desc, config.primary, config.args.log_interval)
     for batch_idx, (x, y) in enumerate(loader):
-        x, y = x.to(device), y.to(device)
-        if args.channels_last:
+        x, y = x.to(config.device), y.to(config.device)
+        if config.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with amp_autocast():
             output = model(x)
         loss = loss_fn(output.float(), y)
         top1, top5 = accuracy(output, y, topk=(1, min(5, output.shape[-1])))
-        if args.distributed:
-            loss, top1, top5 = (reduce_tensor(t, args.world_size) for t in (loss, top1, top5))
+        if config.distributed:
+            loss, top1, top5 = (reduce_tensor(t, config.world_size) for t in (loss, top1, top5))
         n = x.shape[0]
         for name, value in (("loss", loss), ("top1", top1), ("top5", top5)):
             meters[name].update(value.item(), n)
@@ -293,7 +641,7 @@ def validate(model, loader, loss_fn, args, device, amp_autocast=nullcontext, pri
     return OrderedDict((k, m.avg) for k, m in meters.items())
 
 
-def _write_summary(path: str, row: dict[str, Any], write_header: bool) -> None:
+def _write_summary(path: str, row: Row, write_header: bool) -> None:
     with open(path, "a" if not write_header else "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         if write_header:
@@ -301,7 +649,7 @@ def _write_summary(path: str, row: dict[str, Any], write_header: bool) -> None:
         writer.writerow({k: row.get(k, "") for k in SUMMARY_COLUMNS})
 
 
-def read_summary(path: str) -> list[dict[str, str]]:
+def read_summary(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -316,198 +664,115 @@ def plot_curves(summary_path: str, out_path: str) -> str | None:
     return None if path is None else str(path)
 
 
-def train(
-    args: argparse.Namespace, args_text: str = "", stop_after_epochs: int | None = None, plot: bool = True
-) -> dict[str, Any]:
-    """Run training; returns {'output_dir', 'best_metric', 'best_epoch', 'rows', 'lam', 'model', 'loader_train', 'loader_eval'}.
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns: the run's outcome, and the live model and loaders for further measurements."""
+
+    output_dir: str | None  # None on every process but the first
+    best_metric: float | None  # the best --eval-metric so far (None before any evaluation)
+    best_epoch: int | None
+    rows: list[Row]  # summary.csv's rows of the epochs this call ran
+    lam: float | None  # the final multiplier (None without one)
+    num_epochs: int
+    config: TrainConfig
+    model: nn.Module
+    loader_train: Loader
+    loader_eval: Loader
+
+
+def _prepare_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -> None:
+    # Seeding each epoch from (seed, epoch) makes data order and augmentation independent of earlier
+    # epochs, so a resumed run repeats the uninterrupted one exactly.
+    args = config.args
+    random_seed(args.seed + epoch, config.rank)
+    if args.lap_sample is not None:
+        _tracker(objects.model).reseed(args.seed + epoch)
+    if hasattr(objects.loader_train.sampler, "set_epoch"):
+        objects.loader_train.sampler.set_epoch(epoch)
+    if objects.mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        objects.mixup.mixup_enabled = False
+
+
+def _evaluate(config: TrainConfig, objects: TrainingObjects) -> OrderedDict[str, float]:
+    """Validation metrics of the model, or of its EMA with --model-ema."""
+    metrics = validate(config, objects.model, objects.loader_eval, objects.eval_loss, objects.autocast)
+    if objects.model_ema is not None:
+        metrics = validate(config, objects.model_ema, objects.loader_eval, objects.eval_loss, objects.autocast,
+                           desc="eval (EMA)")
+    return metrics
+
+
+def _summary_row(epoch: int, train: dict[str, float], evaluated: dict[str, float], lr: float) -> Row:
+    return {"epoch": epoch, "train_loss": train["loss"], "eval_loss": evaluated["loss"],
+            "eval_top1": evaluated["top1"], "eval_top5": evaluated["top5"], "lr": lr,
+            "task_loss": train["task_loss"], "transport": train["transport"], "lap_lambda": train["lap_lambda"]}
+
+
+def _record_epoch(config: TrainConfig, output: RunOutput, row: Row, metric: float | None,
+                  plot: bool) -> tuple[Any, Any] | None:
+    """summary.csv, curves.png, a checkpoint ranked by ``metric`` (a recovery one when the epoch was not
+    evaluated, ``metric=None``) and the epoch's log line; returns the saver's (best metric, best epoch)."""
+    epoch = int(row["epoch"])
+    _write_summary(output.summary_path, row, write_header=(epoch == 0 or not os.path.exists(output.summary_path)))
+    if plot:
+        plot_curves(output.summary_path, os.path.join(output.dir, "curves.png"))
+    best = None
+    if metric is not None:
+        best = output.saver.save_checkpoint(epoch, metric=metric)
+    else:  # no metric to rank by: a recovery checkpoint keeps the run resumable
+        output.saver.save_recovery(epoch)
+    lam = f", lam {row['lap_lambda']:.4g}, transport {row['transport']:.4g}" if config.lap else ""
+    evaluated = f"eval loss {row['eval_loss']:.4f}, top1 {row['eval_top1']:.2f}" if metric is not None else \
+        f"not evaluated (--eval-interval {config.args.eval_interval})"
+    _logger.info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, {evaluated}{lam}")
+    return best
+
+
+def run_epochs(config: TrainConfig, objects: TrainingObjects, stop_after_epochs: int | None = None,
+               plot: bool = True) -> TrainResult:
+    """Train from ``objects.start_epoch`` to the last epoch (or for ``stop_after_epochs`` epochs)."""
+    best: tuple[Any, Any] = (None, None)
+    rows: list[Row] = []
+    for epoch in range(objects.start_epoch, objects.num_epochs):
+        _prepare_epoch(config, objects, epoch)
+        train_metrics, _ = train_one_epoch(config, objects, epoch)
+        evaluate = (epoch + 1) % config.args.eval_interval == 0 or epoch + 1 == objects.num_epochs
+        eval_metrics = _evaluate(config, objects) if evaluate else OrderedDict((k, math.nan) for k in EVAL_METRICS)
+        row = _summary_row(epoch, train_metrics, eval_metrics, objects.optimizer.param_groups[0]["lr"])
+        rows.append(row)
+        metric = eval_metrics[config.eval_metric] if evaluate else None
+        if objects.output is not None:
+            best = _record_epoch(config, objects.output, row, metric, plot) or best
+        objects.lr_scheduler.step(epoch + 1, metric)
+        if stop_after_epochs is not None and len(rows) >= stop_after_epochs:
+            break
+    lam = None if objects.multiplier is None else objects.multiplier.lam.item()
+    if objects.multiplier is not None:
+        # Every rank reports: under DDP the values must be identical.
+        _logger.info(f"rank {config.rank}: final lam {objects.multiplier.lam.item()!r}")
+    if config.distributed:
+        torch.distributed.barrier()
+    return TrainResult(output_dir=None if objects.output is None else objects.output.dir, best_metric=best[0],
+                       best_epoch=best[1], rows=rows, lam=lam, num_epochs=objects.num_epochs, config=config,
+                       model=objects.model, loader_train=objects.loader_train, loader_eval=objects.loader_eval)
+
+
+def train(args: argparse.Namespace, args_text: str = "", stop_after_epochs: int | None = None,
+          plot: bool = True) -> TrainResult:
+    """Run training with the flags ``args`` (as :func:`~timm_lap.cli.train_args.parse_args` returns them; not
+    changed: the resolved values are in the result's ``config``).
 
     ``stop_after_epochs`` ends this process after that many epochs (as if interrupted), leaving a resumable run;
     ``plot=False`` skips the per-epoch ``curves.png`` (about a second per epoch on a CPU).
     """
-    _resolve_device(args)
-    if args.model.endswith(LAP_SUFFIX):
-        args.lap = True
-    if args.lap_weight is not None:
-        args.lap = True
-    apply_dataset_defaults(args)
-    device = init_distributed_device(args)
-    primary = is_primary(args)
-    random_seed(args.seed, args.rank)
-
+    placement = _start_process(args)
     train_set, eval_set = _build_datasets(args)
-    num_classes = args.num_classes or dataset_num_classes(train_set)
-    args.num_classes = num_classes
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
-    model = _build_model(args, num_classes, in_chans)
-    data_config = resolve_data_config(vars(args), model=model, verbose=primary)
-    model.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    _resolve_lr(args)
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
-
-    amp_autocast, loss_scaler = nullcontext, None
-    if args.amp:
-        amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-        amp_autocast = lambda: torch.autocast(device.type, dtype=amp_dtype)  # noqa: E731
-        if amp_dtype == torch.float16:
-            loss_scaler = NativeScaler(device=device.type)
-
-    # Losses: timm's choice of training loss, wrapped by LAP when asked.
-    mixup_active = args.mixup > 0 or args.cutmix > 0
-    if mixup_active:
-        train_loss_fn: nn.Module = SoftTargetCrossEntropy()
-    elif args.smoothing:
-        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        train_loss_fn = nn.CrossEntropyLoss()
-    multiplier = None
-    if args.lap:
-        # The model's own tracker carries --lap-p, --lap-blocks and --lap-sample.
-        train_loss_fn = LeastActionLoss(train_loss_fn, get_tracker(model), weight=args.lap_weight)
-        if args.lap_weight is None:
-            multiplier = MultiplierScheduler(optimizer, train_loss_fn, tau=args.lap_tau, every=args.lap_every,
-                                             lambda0=args.lap_lambda0)
-    eval_loss_fn = nn.CrossEntropyLoss()
-    extra_state = ExtraTrainingState(multiplier, loss_scaler)
-
-    start_epoch = 0
-    checkpoint = _load_training_checkpoint(args.resume) if args.resume else {}
-    if args.resume:
-        start_epoch = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-                                        loss_scaler=extra_state, log_info=primary) or 0
-
-    model_ema = None
-    if args.model_ema:
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay)
-        if "state_dict_ema" in checkpoint:
-            model_ema.module.load_state_dict(checkpoint["state_dict_ema"])
-
-    train_model = model
-    if args.torchcompile:
-        train_model = torch.compile(model, backend=args.torchcompile)
-    if args.distributed:
-        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[device] if device.type == "cuda"
-                                                          else None)
-
-    mixup_fn = None
-    if mixup_active:
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                         switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
-                         num_classes=num_classes)
-    use_prefetcher = device.type == "cuda" and not args.no_prefetcher and not mixup_active
-    train_interpolation = args.train_interpolation
-    if args.no_aug or not train_interpolation:
-        train_interpolation = data_config["interpolation"]
-    loader_train = create_loader(
-        train_set, input_size=data_config["input_size"], batch_size=args.batch_size, is_training=True,
-        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale,
-        ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
-        interpolation=train_interpolation, mean=data_config["mean"], std=data_config["std"],
-        num_workers=args.workers, distributed=args.distributed, pin_memory=args.pin_mem, device=device,
-        use_prefetcher=use_prefetcher, persistent_workers=False,
-    )
-    loader_eval = create_loader(
-        eval_set, input_size=data_config["input_size"], batch_size=args.validation_batch_size or args.batch_size,
-        is_training=False, interpolation=data_config["interpolation"], mean=data_config["mean"],
-        std=data_config["std"], num_workers=args.workers, distributed=args.distributed,
-        crop_pct=data_config["crop_pct"], pin_memory=args.pin_mem, device=device, use_prefetcher=use_prefetcher,
-        persistent_workers=False,
-    )
-
-    if len(loader_train) == 0:
-        # timm's training loader drops the last partial batch: fewer samples than one batch means no step at all.
-        raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch (-b {args.batch_size}"
-                         f"{f' x {args.world_size} processes' if args.distributed else ''}), and the last partial "
-                         f"batch is dropped when training, so no step would be taken; use -b {len(train_set)} or less")
-    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
-                                                   updates_per_epoch=updates_per_epoch)
-    if start_epoch > 0:
-        if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * updates_per_epoch)
-        else:
-            lr_scheduler.step(start_epoch)
-
-    output_dir = saver = None
-    summary_path = ""
-    if primary:
-        exp_name = args.experiment or "-".join([
-            datetime.now().strftime("%Y%m%d-%H%M%S"), safe_model_name(args.model), str(data_config["input_size"][-1])])
-        output_dir = get_outdir(args.output or "./output/train", exp_name)
-        decreasing = "loss" in args.eval_metric
-        saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, model_ema=model_ema,
-                                amp_scaler=extra_state, checkpoint_dir=output_dir, recovery_dir=output_dir,
-                                decreasing=decreasing, max_history=args.checkpoint_hist)
-        same_dir = os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir)
-        if "saver" in checkpoint and same_dir and hasattr(saver, "load_state_dict"):  # timm >= 1.0.25
-            saver.load_state_dict(checkpoint["saver"])  # keep ranking/evicting checkpoints as before
-        with open(os.path.join(output_dir, "args.yaml"), "w") as f:
-            f.write(args_text)
-        summary_path = os.path.join(output_dir, "summary.csv")
-        _logger.info(f"timm-lap train: {args.model}{' with LAP' if args.lap else ''}, {len(train_set)} training / "
-                     f"{len(eval_set)} validation samples, {num_epochs} epochs, output in {output_dir}")
-
-    best_metric = best_epoch = None
-    rows: list[dict[str, Any]] = []
-    epochs_run = 0
-    for epoch in range(start_epoch, num_epochs):
-        # Seeding each epoch from (seed, epoch) makes data order and augmentation independent of earlier
-        # epochs, so a resumed run repeats the uninterrupted one exactly.
-        random_seed(args.seed + epoch, args.rank)
-        if args.lap_sample is not None:
-            get_tracker(model).reseed(args.seed + epoch)
-        if hasattr(loader_train.sampler, "set_epoch"):
-            loader_train.sampler.set_epoch(epoch)
-        if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            mixup_fn.mixup_enabled = False
-        train_metrics, _ = train_one_epoch(
-            epoch, train_model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler=lr_scheduler,
-            amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_ema=model_ema, mixup_fn=mixup_fn,
-            primary=primary)
-        evaluate = (epoch + 1) % args.eval_interval == 0 or epoch + 1 == num_epochs
-        eval_metrics = OrderedDict((k, math.nan) for k in ("loss", "top1", "top5"))
-        if evaluate:
-            eval_metrics = validate(model, loader_eval, eval_loss_fn, args, device, amp_autocast, primary)
-            if model_ema is not None:
-                eval_metrics = validate(model_ema, loader_eval, eval_loss_fn, args, device, amp_autocast, primary,
-                                        desc="eval (EMA)")
-        lr = optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch, "train_loss": train_metrics["loss"], "eval_loss": eval_metrics["loss"],
-               "eval_top1": eval_metrics["top1"], "eval_top5": eval_metrics["top5"], "lr": lr,
-               "task_loss": train_metrics["task_loss"], "transport": train_metrics["transport"],
-               "lap_lambda": train_metrics["lap_lambda"]}
-        rows.append(row)
-        metric = eval_metrics[args.eval_metric.replace("eval_", "")] if args.eval_metric.replace("eval_", "") in \
-            eval_metrics else eval_metrics["top1"]
-        if primary:
-            _write_summary(summary_path, row, write_header=(epoch == 0 or not os.path.exists(summary_path)))
-            if plot:
-                plot_curves(summary_path, os.path.join(output_dir, "curves.png"))
-            if evaluate:
-                best_metric, best_epoch = saver.save_checkpoint(epoch, metric=metric)
-            else:  # no metric to rank by: a recovery checkpoint keeps the run resumable
-                saver.save_recovery(epoch)
-            lam = f", lam {row['lap_lambda']:.4g}, transport {row['transport']:.4g}" if args.lap else ""
-            evaluated = f"eval loss {row['eval_loss']:.4f}, top1 {row['eval_top1']:.2f}" if evaluate else \
-                f"not evaluated (--eval-interval {args.eval_interval})"
-            _logger.info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, {evaluated}{lam}")
-        lr_scheduler.step(epoch + 1, metric if evaluate else None)
-        epochs_run += 1
-        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
-            break
-    if multiplier is not None:
-        # Every rank reports: under DDP the values must be identical.
-        _logger.info(f"rank {args.rank}: final lam {multiplier.lam.item()!r}")
-    if args.distributed:
-        torch.distributed.barrier()
-    return {"output_dir": output_dir, "best_metric": best_metric, "best_epoch": best_epoch, "rows": rows,
-            "lam": None if multiplier is None else multiplier.lam.item(), "num_epochs": num_epochs,
-            "model": model, "loader_train": loader_train, "loader_eval": loader_eval}
+    config = resolve_config(args, placement, train_set)
+    objects = build_objects(config, train_set, eval_set, args_text)
+    return run_epochs(config, objects, stop_after_epochs, plot)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> TrainResult:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args, args_text = parse_args(argv)
     try:
