@@ -30,6 +30,7 @@ def default_out_dir(name: str) -> str:
 
 # Statistics and the resumable results file live in the package (``timm_lap.analysis.stats``, ``timm_lap.cli.runs``).
 from timm_lap.cli.runs import ResultsFile  # noqa: E402
+from timm_lap import recipes  # noqa: E402
 from timm_lap.analysis.stats import paired_difference, spearman, t_interval  # noqa: E402
 
 
@@ -46,13 +47,9 @@ def format_ci(ci: dict[str, float], digits: int = 2) -> str:
 
 
 def resnet10t_recipe(dataset: str, lr: str = "0.05", weight_decay: str = "5e-4") -> list[str]:
-    """The shared recipe (resnet10t, SGD + cosine, light crop augmentation) as ``timm-lap train`` flags."""
-    return [
-        "--dataset", dataset, "--model", "resnet10t", "-b", "32", "--opt", "sgd", "--lr", lr, "--momentum", "0.9",
-        "--weight-decay", weight_decay, "--sched", "cosine", "--warmup-epochs", "0", "--smoothing", "0",
-        "--scale", "0.7", "1.0", "--hflip", "0", "--color-jitter", "0", "--workers", "0", "--device", "cpu",
-        "--log-interval", "1000", "--checkpoint-hist", "1", "-vb", "256",
-    ]
+    """The demo's digits recipe (``timm_lap/recipes/resnet10t_digits.yaml``: resnet10t, SGD + cosine, light crop
+    augmentation) on ``dataset`` as ``timm-lap train`` flags, evaluated in batches of 256."""
+    return recipes.flags("resnet10t_digits", dataset=dataset, lr=lr, weight_decay=weight_decay) + ["-vb", "256"]
 
 
 def base_argv(dataset: str, size: int, epochs: int, seed: int, lr: float = 0.05,

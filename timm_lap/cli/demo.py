@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .. import recipes
 from ..analysis import plotting
 from ..analysis.measure import validation_transport
 from .train import read_summary, train
@@ -77,12 +78,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, DemoRun]:
     logging.getLogger("timm").setLevel(logging.WARNING)  # keep the demo's output to the epoch lines and the table
     if opts.quick:
         opts.epochs, opts.train_subset = min(opts.epochs, 3), min(opts.train_subset, 200)
-    common = [
-        "--dataset", "sklearn/digits", "--model", opts.model, "--train-subset", str(opts.train_subset),
-        "--epochs", str(opts.epochs), "-b", "32", "--opt", "sgd", "--lr", "0.05", "--momentum", "0.9",
-        "--weight-decay", "5e-4", "--sched", "cosine", "--warmup-epochs", "0", "--smoothing", "0",
-        "--scale", "0.7", "1.0", "--hflip", "0", "--color-jitter", "0", "--workers", "0", "--device", "cpu",
-        "--seed", str(opts.seed), "--output", opts.output, "--log-interval", "1000", "--checkpoint-hist", "1",
+    common = [  # the digits recipe (timm_lap/recipes/resnet10t_digits.yaml) and this demo's own settings
+        "-c", recipes.path("resnet10t_digits"), "--model", opts.model, "--train-subset", str(opts.train_subset),
+        "--epochs", str(opts.epochs), "--seed", str(opts.seed), "--output", opts.output,
     ]
     print(f"timm-lap demo: {opts.model} on scikit-learn digits, {opts.train_subset} training images, "
           f"{opts.epochs} epochs, seed {opts.seed}: vanilla, then LAP (tau={opts.lap_tau})")
