@@ -266,3 +266,15 @@ def test_plot_rejects_mismatched_labels(tmp_path: Path) -> None:
     traj = trajectories(ResidualMLP(width=5, depth=2), torch.randn(8, 4))
     with pytest.raises(ValueError, match="one entry per sample"):
         plot_trajectories(traj, [0, 1], tmp_path / "x.png")
+
+
+def test_figures_live_in_plotting_and_keep_their_old_paths() -> None:
+    import timm_lap.analysis as analysis
+    from timm_lap.analysis import measure, plotting
+
+    for name in ("draw_trajectories", "plot_energy_profile", "plot_trajectories"):
+        assert getattr(measure, name) is getattr(plotting, name) is getattr(analysis, name)
+    assert set(analysis.__all__) == {"draw_trajectories", "energy_profile", "validation_transport",
+                                     "plot_energy_profile", "plot_trajectories", "same_width_stages", "trajectories",
+                                     "transport_efficiency"}
+    assert all(hasattr(analysis, name) for name in analysis.__all__)

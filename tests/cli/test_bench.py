@@ -9,7 +9,8 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 import timm_lap
-from timm_lap.cli.bench import NaiveLAP, saved_activation_bytes
+from timm_lap.blocks import find_blocks
+from timm_lap.cli.bench import BareHook, NaiveLAP, saved_activation_bytes
 
 PACKAGE_DIR = str(Path(timm_lap.__file__).parent)
 HOST_READS = {"item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"}
@@ -81,6 +82,39 @@ def test_training_step_reads_nothing_back_to_the_host():
     assert len(rec.calls) == 2 * len(rec_vanilla.calls)
 
 
+def test_naive_keeps_every_blocks_residual_of_the_latest_forward():
+    model = timm.create_model("resnet18", num_classes=10).eval()  # eval: a shortcut run again gives the same
+    specs = find_blocks(model)[0]
+    seen = {}
+    for spec in specs:
+        spec.module.register_forward_hook(lambda m, a, o, name=spec.name: seen.__setitem__(name, (a[0], o)))
+    naive = NaiveLAP(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+        model(x)
+        expected = [o - (s.shortcut(i) if s.shortcut is not None else i) for s in specs for i, o in [seen[s.name]]]
+    assert len(naive.residuals) == len(specs) == 8 and any(s.shortcut is not None for s in specs)
+    for residual, want in zip(naive.residuals, expected):
+        torch.testing.assert_close(residual, want)
+    naive.remove()
+    model(x)
+    assert len(naive.residuals) == 8  # no hook left: nothing cleared, nothing added
+
+
+def test_bare_hook_keeps_references_only():
+    model = timm.create_model("resnet18", num_classes=10).train()
+    outputs = {}
+    for spec in find_blocks(model)[0]:
+        spec.module.register_forward_hook(lambda m, a, o, name=spec.name: outputs.__setitem__(name, (a[0], o)))
+    bare = BareHook(model)
+    for _ in range(2):
+        model(torch.randn(2, 3, 32, 32))
+    assert [c.name for c in bare.kept] == list(outputs)  # the latest forward's calls, one per block
+    for call in bare.kept:  # the very tensors the blocks saw: no copy, no arithmetic
+        assert call.input is outputs[call.name][0] and call.output is outputs[call.name][1]
+
+
 def test_the_recorder_sees_a_sync():
     with _HostReadRecorder() as rec:
         NaiveLAP(nn.Sequential()).loss(torch.tensor(1.0, requires_grad=True))
@@ -147,7 +181,6 @@ def test_bench_per_block_case_reports_microseconds_per_block(capsys):
 
 def test_paper_specs_are_the_papers_shapes():
     from timm_lap.cli.bench import paper_specs
-    from timm_lap.blocks import find_blocks
 
     flat, deep = paper_specs()
     assert (flat.input_shape, flat.batch_size, deep.input_shape, deep.batch_size) == ((1, 28, 28), 32, (3, 32, 32), 64)

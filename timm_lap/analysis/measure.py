@@ -1,23 +1,23 @@
 """Look at the flow a residual network applies to its data.
 
 A stage of same-width residual blocks moves every point ``x_0 -> x_1 -> ... -> x_K``.
-This module measures and draws that motion:
+This module measures that motion (:mod:`.plotting` draws it):
 
 * :func:`energy_profile`: mean kinetic energy of every block over a dataset;
 * :func:`same_width_stages`: runs of directly chained identity-shortcut blocks;
-* :func:`trajectories` / :func:`plot_trajectories`: particle paths through a stage, in 2D (PCA);
+* :func:`trajectories`: particle paths through a stage, in 2D (PCA);
 * :func:`transport_efficiency`: ``W2(x_0, x_K)^2 / (K * sum_k E|x_{k+1} - x_k|^2)``, in [0, 1]:
   1 when the stage moves the points along straight, evenly paced optimal-transport paths.
 
-Plots need matplotlib, the transport efficiency needs POT (``pip install 'timm-lap[analysis]'``).
+The transport efficiency needs POT (``pip install 'timm-lap[analysis]'``).
 """
 from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,15 +26,17 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..blocks import BlockSpec, find_blocks, select_blocks
-from ..tracker import first_tensor, get_tracker, track, unwrap_model
-from . import plotting
+from ..hooks import HookCall, HookCollector
+from ..tracker import get_tracker, track, unwrap_model
+
+# The figures moved to .plotting; their old import path (timm_lap.analysis.measure.plot_trajectories) still works.
+from .plotting import draw_trajectories as draw_trajectories
+from .plotting import plot_energy_profile as plot_energy_profile
+from .plotting import plot_trajectories as plot_trajectories
 
 __all__ = [
-    "draw_trajectories",
     "energy_profile",
     "validation_transport",
-    "plot_energy_profile",
-    "plot_trajectories",
     "same_width_stages",
     "trajectories",
     "transport_efficiency",
@@ -152,72 +154,28 @@ def _quiet(progress: bool) -> bool | None:
     return None if progress else True
 
 
-def plot_energy_profile(profile: dict[str, float], path: str | Path, title: str | None = None) -> Path:
-    """Bar plot of an :func:`energy_profile` by depth (block names as ticks); returns the path."""
-    if not profile:
-        raise ValueError("plot_energy_profile: the profile is empty (no tracked block recorded anything).")
-    names = list(profile)
-    fig = _figure(figsize=(max(4.0, 0.35 * len(names) + 2.0), 3.6))
-    ax = fig.add_subplot()
-    ax.bar(range(len(names)), [profile[n] for n in names], color="tab:blue")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
-    ax.set(xlabel="block (depth)", ylabel="mean energy", title=title or "energy profile")
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def _figure(figsize: tuple[float, float]) -> Any:
-    return plotting.new_figure(figsize)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    return plotting.save_figure(fig, path, dpi=120)
-
-
 # ------------------------------------------------------------------- stages
 @dataclass
 class _Call:
-    """What one block saw during a probe forward."""
+    """What one block saw during a probe forward: its number of calls and the first one's input and output."""
 
     spec: BlockSpec
-    calls: int = 0
-    inp: torch.Tensor | None = None
-    out: Any = None
-    order: int = field(default=-1)
+    calls: int
+    inp: torch.Tensor | None
+    out: Any
 
 
 def _probe(model: nn.Module, example_input: torch.Tensor, specs: Sequence[BlockSpec]) -> list[_Call]:
     """One eval-mode forward with temporary hooks; the blocks' first inputs/outputs, in call order."""
-    records = [_Call(spec) for spec in specs]
-    counter = itertools.count()
-    handles = []
-
-    def pre_hook(rec: _Call):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            rec.calls += 1
-            if rec.calls == 1:
-                rec.inp, rec.order = first_tensor(args, kwargs), next(counter)
-
-        return hook
-
-    def post_hook(rec: _Call):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if rec.calls == 1:
-                rec.out = output
-
-        return hook
-
-    for rec in records:
-        handles.append(rec.spec.module.register_forward_pre_hook(pre_hook(rec), with_kwargs=True))
-        handles.append(rec.spec.module.register_forward_hook(post_hook(rec)))
-    try:
-        with _EvalMode(model):
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return sorted((r for r in records if r.calls > 0), key=lambda r: r.order)
+    modules = {spec.name: spec.module for spec in specs}
+    with HookCollector(outputs=modules, inputs=modules, early_inputs=True) as hooks, _EvalMode(model):
+        model(example_input)
+    counts = Counter(call.name for call in hooks.calls)
+    first: dict[str, HookCall] = {}
+    for call in sorted(hooks.calls, key=lambda c: c.index):  # numbered at their start
+        first.setdefault(call.name, call)
+    by_name = {spec.name: spec for spec in specs}
+    return [_Call(by_name[name], counts[name], call.input, call.output) for name, call in first.items()]
 
 
 def _keeps_width(rec: _Call) -> bool:
@@ -286,34 +244,21 @@ class _StageRecorder:
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
         modules = dict(unwrap_model(model).named_modules())
         self.names = list(names)
-        self.steps: list[torch.Tensor | None] = [None] * (len(names) + 1)
-        self.handles = [modules[names[0]].register_forward_pre_hook(self._store_input, with_kwargs=True)]
-        for k, name in enumerate(names, start=1):
-            self.handles.append(modules[name].register_forward_hook(self._output_hook(k)))
-
-    def _store_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        x = first_tensor(args, kwargs)
-        assert x is not None  # the stage's first block took a tensor input in the probe forward
-        self.steps[0] = _flat64(x)
-
-    def _output_hook(self, k: int):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            self.steps[k] = _flat64(output)
-
-        return hook
+        self.hooks = HookCollector(outputs={name: modules[name] for name in names},
+                                   inputs={names[0]: modules[names[0]]}, early_inputs=True, keep=_flat64)
 
     def take(self) -> list[torch.Tensor]:
-        """The positions x_0..x_K of the latest forward."""
-        steps = [s for s in self.steps if s is not None]
-        if len(steps) < len(self.steps):
+        """The positions x_0..x_K of the latest forward (each block's latest call)."""
+        latest = {call.name: call for call in self.hooks.calls}
+        self.hooks.clear()
+        if len(latest) < len(self.names):
             raise RuntimeError(f"the stage {self.names} did not run completely during the forward.")
-        self.steps = [None] * len(self.steps)
+        steps = [latest[self.names[0]].input, *(latest[name].output for name in self.names)]
+        assert all(isinstance(step, torch.Tensor) for step in steps)  # the probe forward saw tensors
         return steps
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+        self.hooks.remove()
 
 
 # -------------------------------------------------------------- trajectories
@@ -354,53 +299,6 @@ def _pca_2d(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         coords = np.pad(coords, ((0, 0), (0, pad)))
         ratio = np.pad(ratio, (0, pad))
     return coords.reshape(steps, n, 2), ratio
-
-
-def draw_trajectories(ax: Any, points: np.ndarray, labels: Sequence[int] | np.ndarray | torch.Tensor) -> None:
-    """Draw (K+1, N, 2) particle paths on a matplotlib ``ax``, coloured by class.
-
-    Each sample is a faint line through its K+1 positions; starts are small circles,
-    ends are crosses.
-    """
-    points = np.asarray(points)
-    if points.ndim != 3 or points.shape[2] != 2:
-        raise ValueError(f"points must have shape (K+1, N, 2); got {points.shape}.")
-    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-    if labels.shape != (points.shape[1],):
-        raise ValueError(f"labels must have one entry per sample ({points.shape[1]}); got shape {labels.shape}.")
-    classes = np.unique(labels)
-    colours = _class_colours(len(classes))
-    for colour, cls in zip(colours, classes):
-        mask = labels == cls
-        paths = points[:, mask, :]
-        ax.plot(paths[..., 0], paths[..., 1], color=colour, alpha=0.25, linewidth=0.8)
-        ax.scatter(paths[0, :, 0], paths[0, :, 1], color=colour, s=8, marker="o", alpha=0.7, zorder=3)
-        ax.scatter(paths[-1, :, 0], paths[-1, :, 1], color=colour, s=14, marker="x", label=f"class {cls}", zorder=3)
-
-
-def _class_colours(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "viridis"]
-    return [cmap(i if n <= 10 else i / max(n - 1, 1)) for i in range(n)]
-
-
-def plot_trajectories(
-    traj: dict[str, Any],
-    labels: Sequence[int] | np.ndarray | torch.Tensor,
-    path: str | Path,
-    title: str | None = None,
-) -> Path:
-    """Plot the PCA-projected particle paths of :func:`trajectories`, coloured by class; returns the path."""
-    fig = _figure(figsize=(5.5, 5.0))
-    ax = fig.add_subplot()
-    draw_trajectories(ax, traj["projected"], labels)
-    ratio = np.asarray(traj["explained_variance_ratio"])
-    ax.set(xlabel=f"PC1 ({ratio[0]:.0%})", ylabel=f"PC2 ({ratio[1]:.0%})")
-    stage = traj["stage"]
-    ax.set_title(title or f"{stage[0]} .. {stage[-1]} ({len(stage)} blocks)")
-    ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
 
 
 # ------------------------------------------------------ transport efficiency

@@ -1,7 +1,8 @@
 """Figures without pyplot: nothing here chooses a matplotlib backend or touches the caller's figures.
 
 ``new_figure`` gives a bare :class:`matplotlib.figure.Figure` (rendered with Agg on save); ``save_figure``
-writes it atomically; ``plot_curves`` draws per-epoch curves of one or more runs side by side.
+writes it atomically; ``plot_curves`` draws per-epoch curves of one or more runs side by side;
+``plot_energy_profile``, ``draw_trajectories`` and ``plot_trajectories`` draw what :mod:`.measure` measured.
 """
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["new_figure", "save_figure", "plot_curves"]
+import numpy as np
+import torch
+
+__all__ = ["new_figure", "save_figure", "plot_curves", "plot_energy_profile", "draw_trajectories", "plot_trajectories"]
+
+ANALYSIS_DPI = 120  # the energy profile and trajectory figures
 
 
 def new_figure(figsize: tuple[float, float]) -> Any:
@@ -68,3 +74,68 @@ def plot_curves(
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+# --------------------------------------------------------- analysis figures
+def plot_energy_profile(profile: dict[str, float], path: str | Path, title: str | None = None) -> Path:
+    """Bar plot of an :func:`~timm_lap.analysis.measure.energy_profile` by depth (block names as ticks); returns
+    the path."""
+    if not profile:
+        raise ValueError("plot_energy_profile: the profile is empty (no tracked block recorded anything).")
+    names = list(profile)
+    fig = new_figure(figsize=(max(4.0, 0.35 * len(names) + 2.0), 3.6))
+    ax = fig.add_subplot()
+    ax.bar(range(len(names)), [profile[n] for n in names], color="tab:blue")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    ax.set(xlabel="block (depth)", ylabel="mean energy", title=title or "energy profile")
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path, dpi=ANALYSIS_DPI)
+
+
+def draw_trajectories(ax: Any, points: np.ndarray, labels: Sequence[int] | np.ndarray | torch.Tensor) -> None:
+    """Draw (K+1, N, 2) particle paths on a matplotlib ``ax``, coloured by class.
+
+    Each sample is a faint line through its K+1 positions; starts are small circles,
+    ends are crosses.
+    """
+    points = np.asarray(points)
+    if points.ndim != 3 or points.shape[2] != 2:
+        raise ValueError(f"points must have shape (K+1, N, 2); got {points.shape}.")
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if labels.shape != (points.shape[1],):
+        raise ValueError(f"labels must have one entry per sample ({points.shape[1]}); got shape {labels.shape}.")
+    classes = np.unique(labels)
+    colours = _class_colours(len(classes))
+    for colour, cls in zip(colours, classes):
+        mask = labels == cls
+        paths = points[:, mask, :]
+        ax.plot(paths[..., 0], paths[..., 1], color=colour, alpha=0.25, linewidth=0.8)
+        ax.scatter(paths[0, :, 0], paths[0, :, 1], color=colour, s=8, marker="o", alpha=0.7, zorder=3)
+        ax.scatter(paths[-1, :, 0], paths[-1, :, 1], color=colour, s=14, marker="x", label=f"class {cls}", zorder=3)
+
+
+def _class_colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "viridis"]
+    return [cmap(i if n <= 10 else i / max(n - 1, 1)) for i in range(n)]
+
+
+def plot_trajectories(
+    traj: dict[str, Any],
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Plot the PCA-projected particle paths of :func:`~timm_lap.analysis.measure.trajectories`, coloured by
+    class; returns the path."""
+    fig = new_figure(figsize=(5.5, 5.0))
+    ax = fig.add_subplot()
+    draw_trajectories(ax, traj["projected"], labels)
+    ratio = np.asarray(traj["explained_variance_ratio"])
+    ax.set(xlabel=f"PC1 ({ratio[0]:.0%})", ylabel=f"PC2 ({ratio[1]:.0%})")
+    stage = traj["stage"]
+    ax.set_title(title or f"{stage[0]} .. {stage[-1]} ({len(stage)} blocks)")
+    ax.legend(loc="best", fontsize=8)
+    return save_figure(fig, path, dpi=ANALYSIS_DPI)

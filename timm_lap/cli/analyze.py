@@ -6,11 +6,11 @@ Writes ``report.md`` (model, checkpoint, data, top-1 accuracy, total transport, 
 transport efficiency per same-width stage) with ``energy_profile.png`` and ``trajectories.png`` into
 ``--output`` (default ``./output/analyze/<model>``). A ``timm-lap train`` checkpoint's saved arguments
 fill in the dataset, split, input size and class count when they are not given on the command line.
+This module parses the command line and runs the steps; :mod:`timm_lap.analysis` measures, draws and writes the text.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,14 +22,9 @@ from timm.data import create_loader, resolve_data_config
 from timm.models import create_model, load_checkpoint, safe_model_name
 from timm.utils import random_seed
 
-from ..analysis.measure import (
-    energy_profile,
-    plot_energy_profile,
-    plot_trajectories,
-    same_width_stages,
-    trajectories,
-    transport_efficiency,
-)
+from ..analysis.measure import energy_profile, same_width_stages, trajectories, transport_efficiency
+from ..analysis.plotting import plot_energy_profile, plot_trajectories
+from ..analysis.report import render_report, stage_label
 from ..data.datasets import create_lap_dataset, dataset_num_classes
 from ..device import resolve_device
 from ..tracker import get_tracker
@@ -195,79 +190,6 @@ def _first_samples(loader: Iterable[Any], n: int) -> tuple[torch.Tensor, torch.T
     return torch.cat(xs), torch.cat(ys)
 
 
-# -------------------------------------------------------------------- report
-def _fmt(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:.6g}"
-
-
-def _stage_label(names: Sequence[str], code: bool = True, count: bool = True) -> str:
-    """``first .. last (K blocks)``, or just the name of a one-block stage."""
-    quote = "`" if code else ""
-    first, last = f"{quote}{names[0]}{quote}", f"{quote}{names[-1]}{quote}"
-    if len(names) == 1:
-        return first
-    return f"{first} .. {last}" + (f" ({len(names)} blocks)" if count else "")
-
-
-def _energy_table(profile: dict[str, float]) -> list[str]:
-    total = sum(profile.values())
-    lines = ["| # | block | energy | share |", "|---:|---|---:|---:|"]
-    for i, (name, value) in enumerate(profile.items()):
-        share = f"{100 * value / total:.1f} %" if total > 0 else "-"
-        lines.append(f"| {i} | `{name}` | {_fmt(value)} | {share} |")
-    return lines
-
-
-def _efficiency_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| stage | blocks | W2^2 | kinetic | efficiency | n |", "|---|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        values = " | ".join(_fmt(row[key]) for key in ("w2_squared", "kinetic", "efficiency"))
-        lines.append(f"| {_stage_label(row['stage'], count=False)} | {row['blocks']} | {values} | {row['n']} |")
-    return lines
-
-
-def _report(result: dict[str, Any]) -> str:
-    """The markdown text of the report for an :func:`analyze` result."""
-    r = result
-    lines = [
-        f"# timm-lap analyze: {r['model']}", "",
-        "| | |", "|---|---|",
-        f"| model | `{r['model']}` ({r['num_params'] / 1e6:.2f}M parameters, {r['num_classes']} classes) |",
-        f"| checkpoint | {r['checkpoint_info']} |",
-        f"| dataset | `{r['dataset'] or 'ImageFolder'}`, split `{r['split']}`, {r['num_samples']} samples, "
-        f"input {tuple(r['input_size'])} |",
-        f"| top-1 accuracy | {r['top1']:.2f} % ({r['num_samples']} samples) |",
-        f"| total transport | {_fmt(r['total_transport'])} (sum of {len(r['energy_profile'])} block energies) |",
-    ]
-    if r["inherited"]:
-        lines += ["", f"Taken from the checkpoint's training arguments: {', '.join(r['inherited'])}."]
-    lines += [
-        "", "## Energy profile", "",
-        f"Energy `mean |block(x) - shortcut(x)|^p` (p = {r['p']:g}, mean over elements) of every residual "
-        f"block, in depth order, averaged over {r['energy_samples']} samples.", "",
-        *_energy_table(r["energy_profile"]), "",
-        f"Total transport: **{_fmt(r['total_transport'])}**", "",
-        "![energy profile](energy_profile.png)", "",
-        "## Transport efficiency", "",
-        "Per same-width stage of K blocks moving x_0 to x_K: `efficiency = W2(x_0, x_K)^2 / (K * kinetic)`, "
-        "`kinetic = sum_k E|x_{k+1} - x_k|^2` (squared norms of the flattened displacements, averaged over the "
-        "n points); 1 = straight, evenly paced optimal-transport paths.", "",
-    ]
-    lines += _efficiency_table(r["transport_efficiency"]) if r["transport_efficiency"] else \
-        ["The model has no same-width stage (no identity-shortcut block that keeps its input's shape)."]
-    lines += ["", "## Trajectories", ""]
-    traj = r["trajectories"]
-    if traj is None:
-        lines.append("No same-width stage: no trajectories to draw.")
-    else:
-        ratio = ", ".join(f"{v:.0%}" for v in traj["explained_variance_ratio"])
-        lines += [f"{traj['points']} points through the longest same-width stage, {_stage_label(traj['stage'])}, "
-                  f"projected on their first two principal axes (explained "
-                  f"variance {ratio}), coloured by class; o = stage input, x = stage output.", "",
-                  "![trajectories](trajectories.png)"]
-    return "\n".join(lines) + "\n"
-
-
 # ------------------------------------------------------------------ analysis
 def _say(message: str) -> None:
     print(f"{PROG}: {message}", flush=True)
@@ -277,7 +199,7 @@ def _plot_trajectories(model: nn.Module, loader: Iterable[Any], out: Path, devic
                        title: str) -> dict[str, Any]:
     x, y = _first_samples(loader, TRAJECTORY_POINTS)
     traj = trajectories(model, x.to(device))  # the longest same-width stage
-    plot_trajectories(traj, y, out / "trajectories.png", title=f"{title}: {_stage_label(traj['stage'], code=False)}")
+    plot_trajectories(traj, y, out / "trajectories.png", title=f"{title}: {stage_label(traj['stage'], code=False)}")
     return {"stage": traj["stage"], "points": len(x), "explained_variance_ratio": traj["explained_variance_ratio"]}
 
 
@@ -320,7 +242,7 @@ def _measure(model: nn.Module, loader: Any, args: argparse.Namespace, device: to
     has_stage = bool(same_width_stages(model, _first_samples(loader, 2)[0].to(device)))
     efficiency = transport_efficiency(model, loader, n=args.n, device=device) if has_stage else []
     for row in efficiency:
-        _say(f"transport efficiency of {_stage_label(row['stage'], code=False)}: {row['efficiency']:.4g} "
+        _say(f"transport efficiency of {stage_label(row['stage'], code=False)}: {row['efficiency']:.4g} "
              f"(n = {row['n']})")
     traj = _plot_trajectories(model, loader, out, device, title) if has_stage else None
     tracker = get_tracker(model)
@@ -357,7 +279,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": tuple(data_config["input_size"]), "data_config": data_config,
         **_measure(model, loader, args, device, out, title),
     }
-    Path(result["report"]).write_text(_report(result))
+    Path(result["report"]).write_text(render_report(result))
     _say(f"report written to {result['report']}")
     return result
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..blocks import find_blocks
+from ..hooks import HookCall, HookCollector
 from ..loss import LeastActionLoss
 from ..multiplier import MultiplierScheduler
 from ..ops.switches import fused, fused_enabled, grad_taps, grad_taps_mode, grouping
@@ -62,8 +63,10 @@ def saved_activation_bytes(step: Callable[[], object]) -> int:
     return sum(storages.values())
 
 
-class NaiveLAP:
-    """Reference-code style regulariser, kept as the baseline to beat."""
+class NaiveLAP(HookCollector):
+    """Reference-code style regulariser, kept as the baseline to beat: each block's forward hook keeps the
+    residual ``out - shortcut`` (the block's input, or its projection shortcut's output), cleared at every
+    forward of the model; :meth:`loss` adds ``mean(|r| ** p)`` of each and syncs ``lam`` with the host."""
 
     def __init__(self, model: nn.Module, tau: float = 1.0, p: float = 2.0) -> None:
         self.residuals: list[torch.Tensor] = []
@@ -71,20 +74,25 @@ class NaiveLAP:
         self.tau = tau
         self.p = p
         specs, _ = find_blocks(model)
-        for spec in specs:
-            slot: dict = {}
-            if spec.shortcut is not None:
-                spec.shortcut.register_forward_hook(lambda m, a, o, slot=slot: slot.__setitem__("s", o))
-            spec.module.register_forward_hook(
-                lambda m, a, o, slot=slot, proj=spec.shortcut is not None: self._hook(
-                    o, slot.pop("s") if proj else a[0]
-                )
-            )
-        model.register_forward_pre_hook(lambda m, a: self.residuals.clear())
+        self._block_of = {f"{spec.name}:shortcut": spec.name for spec in specs if spec.shortcut is not None}
+        self._shortcut_out: dict[str, torch.Tensor] = {}  # block name -> its projection shortcut's output
+        identity = {spec.name: spec.module for spec in specs if spec.shortcut is None}
+        shortcuts = {f"{spec.name}:shortcut": spec.shortcut for spec in specs if spec.shortcut is not None}
+        super().__init__(outputs={**{spec.name: spec.module for spec in specs}, **shortcuts}, inputs=identity,
+                         clear_on=model)
 
-    def _hook(self, out: torch.Tensor, shortcut: torch.Tensor) -> None:
-        if out.shape == shortcut.shape:
-            self.residuals.append(out - shortcut)
+    def on_call(self, call: HookCall) -> None:
+        block = self._block_of.get(call.name)
+        if block is not None:  # a projection shortcut ran (inside its block): keep its output for the block
+            self._shortcut_out[block] = call.output
+            return
+        shortcut = call.input if call.input is not None else self._shortcut_out.pop(call.name)  # inputs: identity
+        if call.output.shape == shortcut.shape:
+            self.residuals.append(call.output - shortcut)
+
+    def clear(self) -> None:
+        super().clear()
+        self.residuals.clear()
 
     def loss(self, task: torch.Tensor) -> torch.Tensor:
         transport = sum(r.float().abs().pow(self.p).mean() for r in self.residuals)
@@ -92,15 +100,18 @@ class NaiveLAP:
         return task + transport / self.lam
 
 
-class BareHook:
+class BareHook(HookCollector):
     """The floor for any hook-based regulariser: forward hooks that only keep references to each block's
-    input and output (no arithmetic, no autograd node)."""
+    input and output (no arithmetic, no autograd node), cleared at every forward of the model."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.kept: list[tuple] = []
-        model.register_forward_pre_hook(lambda m, a: self.kept.clear())
-        for spec in find_blocks(model)[0]:
-            spec.module.register_forward_hook(lambda m, a, o: self.kept.append((a, o)))
+        blocks = {spec.name: spec.module for spec in find_blocks(model)[0]}
+        super().__init__(outputs=blocks, inputs=blocks, clear_on=model)
+
+    @property
+    def kept(self) -> list[HookCall]:
+        """This forward's block calls (input and output references)."""
+        return self.calls
 
 
 @contextlib.contextmanager

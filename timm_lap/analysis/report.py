@@ -1,0 +1,104 @@
+"""The markdown report of ``timm-lap analyze``: :func:`render_report` turns an analysis result into its text.
+
+The result is the dict :func:`timm_lap.cli.analyze.analyze` returns (model, checkpoint and data description,
+top-1 accuracy, energy profile, transport efficiency per same-width stage, trajectories); nothing here measures.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["efficiency_table", "energy_table", "format_value", "render_report", "stage_label"]
+
+
+def format_value(value: float) -> str:
+    """Six significant digits, ``nan`` for NaN."""
+    return "nan" if math.isnan(value) else f"{value:.6g}"
+
+
+def stage_label(names: Sequence[str], code: bool = True, count: bool = True) -> str:
+    """``first .. last (K blocks)``, or just the name of a one-block stage."""
+    quote = "`" if code else ""
+    first, last = f"{quote}{names[0]}{quote}", f"{quote}{names[-1]}{quote}"
+    if len(names) == 1:
+        return first
+    return f"{first} .. {last}" + (f" ({len(names)} blocks)" if count else "")
+
+
+def energy_table(profile: dict[str, float]) -> list[str]:
+    """Markdown rows: every block's energy and its share of the total, in depth order."""
+    total = sum(profile.values())
+    lines = ["| # | block | energy | share |", "|---:|---|---:|---:|"]
+    for i, (name, value) in enumerate(profile.items()):
+        share = f"{100 * value / total:.1f} %" if total > 0 else "-"
+        lines.append(f"| {i} | `{name}` | {format_value(value)} | {share} |")
+    return lines
+
+
+def efficiency_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: one per :func:`~timm_lap.analysis.measure.transport_efficiency` stage."""
+    lines = ["| stage | blocks | W2^2 | kinetic | efficiency | n |", "|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        values = " | ".join(format_value(row[key]) for key in ("w2_squared", "kinetic", "efficiency"))
+        lines.append(f"| {stage_label(row['stage'], count=False)} | {row['blocks']} | {values} | {row['n']} |")
+    return lines
+
+
+def render_report(result: dict[str, Any]) -> str:
+    """The markdown text of the report for an analysis result (see the module docstring)."""
+    return "\n".join([*_summary(result), *_energy_section(result), *_efficiency_section(result),
+                      *_trajectory_section(result["trajectories"])]) + "\n"
+
+
+def _summary(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"# timm-lap analyze: {r['model']}", "",
+        "| | |", "|---|---|",
+        f"| model | `{r['model']}` ({r['num_params'] / 1e6:.2f}M parameters, {r['num_classes']} classes) |",
+        f"| checkpoint | {r['checkpoint_info']} |",
+        f"| dataset | `{r['dataset'] or 'ImageFolder'}`, split `{r['split']}`, {r['num_samples']} samples, "
+        f"input {tuple(r['input_size'])} |",
+        f"| top-1 accuracy | {r['top1']:.2f} % ({r['num_samples']} samples) |",
+        f"| total transport | {format_value(r['total_transport'])} (sum of {len(r['energy_profile'])} block "
+        "energies) |",
+    ]
+    if r["inherited"]:
+        lines += ["", f"Taken from the checkpoint's training arguments: {', '.join(r['inherited'])}."]
+    return lines
+
+
+def _energy_section(r: dict[str, Any]) -> list[str]:
+    return [
+        "", "## Energy profile", "",
+        f"Energy `mean |block(x) - shortcut(x)|^p` (p = {r['p']:g}, mean over elements) of every residual "
+        f"block, in depth order, averaged over {r['energy_samples']} samples.", "",
+        *energy_table(r["energy_profile"]), "",
+        f"Total transport: **{format_value(r['total_transport'])}**", "",
+        "![energy profile](energy_profile.png)",
+    ]
+
+
+def _efficiency_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "", "## Transport efficiency", "",
+        "Per same-width stage of K blocks moving x_0 to x_K: `efficiency = W2(x_0, x_K)^2 / (K * kinetic)`, "
+        "`kinetic = sum_k E|x_{k+1} - x_k|^2` (squared norms of the flattened displacements, averaged over the "
+        "n points); 1 = straight, evenly paced optimal-transport paths.", "",
+    ]
+    if r["transport_efficiency"]:
+        return lines + efficiency_table(r["transport_efficiency"])
+    return lines + ["The model has no same-width stage (no identity-shortcut block that keeps its input's shape)."]
+
+
+def _trajectory_section(traj: dict[str, Any] | None) -> list[str]:
+    lines = ["", "## Trajectories", ""]
+    if traj is None:
+        return lines + ["No same-width stage: no trajectories to draw."]
+    ratio = ", ".join(f"{v:.0%}" for v in traj["explained_variance_ratio"])
+    return lines + [
+        f"{traj['points']} points through the longest same-width stage, {stage_label(traj['stage'])}, "
+        f"projected on their first two principal axes (explained "
+        f"variance {ratio}), coloured by class; o = stage input, x = stage output.", "",
+        "![trajectories](trajectories.png)",
+    ]
