@@ -18,16 +18,17 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.data import create_loader, resolve_data_config
-from timm.models import create_model, load_checkpoint, safe_model_name
+from timm.data import resolve_data_config
+from timm.models import safe_model_name
 from timm.utils import random_seed
 
 from ..analysis.measure import energy_profile, same_width_stages, trajectories, transport_efficiency
 from ..analysis.plotting import plot_energy_profile, plot_trajectories
 from ..analysis.report import render_report, stage_label
-from ..data.datasets import create_lap_dataset, dataset_num_classes
+from ..data.datasets import dataset_num_classes
 from ..device import resolve_device
 from ..tracker import get_tracker
+from .build import build_model, create_dataset, eval_loader, read_checkpoint
 from .train import DATASET_INPUT_DEFAULTS, apply_dataset_defaults
 
 __all__ = ["analyze", "main", "parse_args"]
@@ -91,22 +92,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------- checkpoint
-def _read_checkpoint(path: str) -> dict[str, Any]:
-    """The checkpoint's dict (memory-mapped where possible), or {} if it is not a readable torch dict."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--checkpoint {path}: no such checkpoint file")
-    if path.endswith((".safetensors", ".npz", ".npy")):
-        return {}
-    for mmap in (True, False):
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            return checkpoint if isinstance(checkpoint, dict) else {}
-        except Exception:  # load_checkpoint below reports the real problem
-            continue
-    return {}
-
-
 def _training_args(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The ``args`` a training script saved in the checkpoint, as a dict ({} if none)."""
     saved = checkpoint.get("args")
@@ -138,32 +123,7 @@ def _inherit(args: argparse.Namespace, train_args: dict[str, Any]) -> list[str]:
     return filled
 
 
-def _load_weights(model: nn.Module, path: str) -> None:
-    try:
-        load_checkpoint(model, path)
-    except (RuntimeError, KeyError) as exc:
-        raise ValueError(f"--checkpoint {path} does not fit the model: {exc}") from exc
-
-
 # ---------------------------------------------------------------- model, data
-def _create_dataset(args: argparse.Namespace) -> Any:
-    try:
-        return create_lap_dataset(args.dataset, root=args.data_dir or "", split=args.split, is_training=False,
-                                  download=args.dataset_download, seed=args.seed)
-    except AssertionError as exc:  # timm's dataset factory asserts on unknown names
-        raise ValueError(f"--dataset {args.dataset!r}: {exc}") from exc
-
-
-def _build_loader(dataset: Any, data_config: dict[str, Any], args: argparse.Namespace, device: torch.device):
-    """timm's eval loader (no shuffling, no augmentation), as in ``timm-lap train``."""
-    return create_loader(
-        dataset, input_size=data_config["input_size"], batch_size=args.batch_size, is_training=False,
-        interpolation=data_config["interpolation"], mean=data_config["mean"], std=data_config["std"],
-        num_workers=args.workers, crop_pct=data_config["crop_pct"], device=device,
-        use_prefetcher=device.type == "cuda", persistent_workers=False,
-    )
-
-
 @torch.no_grad()
 def _top1(model: nn.Module, loader: Iterable[Any], device: torch.device) -> tuple[float, int]:
     """Top-1 accuracy (%) of ``model`` over every batch of ``loader``, and the number of samples."""
@@ -205,7 +165,7 @@ def _plot_trajectories(model: nn.Module, loader: Iterable[Any], out: Path, devic
 
 def _resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """Read the checkpoint and complete ``args`` from it and the dataset defaults; returns (checkpoint, inherited)."""
-    checkpoint = _read_checkpoint(args.checkpoint) if args.checkpoint else {}
+    checkpoint = read_checkpoint(args.checkpoint, flag="--checkpoint", tolerant=True) if args.checkpoint else {}
     train_args = _training_args(checkpoint)
     inherited = _inherit(args, train_args)
     if args.dataset is None:
@@ -221,10 +181,9 @@ def _build_model(args: argparse.Namespace, num_classes: int, checkpoint: dict[st
     """The timm model with the checkpoint's weights (or freshly initialised), and a line describing them."""
     random_seed(args.seed)
     in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
-    model = create_model(args.model, in_chans=in_chans, num_classes=num_classes)
+    model = build_model(args.model, in_chans, num_classes, weights=args.checkpoint, flag="--checkpoint")
     if not args.checkpoint:
         return model, f"none: freshly initialised weights (seed {args.seed}), not a trained model"
-    _load_weights(model, args.checkpoint)
     return model, _describe_checkpoint(args.checkpoint, checkpoint)
 
 
@@ -259,12 +218,13 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     """Run the analysis described by ``args`` (see :func:`parse_args`); write the report and return the results."""
     checkpoint, inherited = _resolve_settings(args)
     device = resolve_device(args.device, "timm-lap analyze")
-    dataset = _create_dataset(args)
+    dataset = create_dataset(args.dataset, root=args.data_dir or "", split=args.split, is_training=False,
+                             download=args.dataset_download, seed=args.seed)
     num_classes = args.num_classes or dataset_num_classes(dataset)
     model, info = _build_model(args, num_classes, checkpoint)
     model.to(device).eval()
     data_config = resolve_data_config(vars(args), model=model)
-    loader = _build_loader(dataset, data_config, args, device)
+    loader = eval_loader(dataset, data_config, args.batch_size, args.workers, device)
     out = Path(args.output or os.path.join("output", "analyze", safe_model_name(args.model)))
     out.mkdir(parents=True, exist_ok=True)
     source = f"checkpoint {args.checkpoint}" if args.checkpoint else "fresh init"

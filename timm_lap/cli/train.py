@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.models import create_model, load_checkpoint, model_parameters, resume_checkpoint, safe_model_name
+from timm.models import model_parameters, resume_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.scheduler.scheduler import Scheduler
@@ -49,7 +49,6 @@ from tqdm.auto import tqdm
 from ..analysis import plotting
 from ..data.datasets import (
     class_balanced_subset,
-    create_lap_dataset,
     dataset_num_classes,
     holdout_split,
     index_subset,
@@ -60,6 +59,7 @@ from ..loss import LeastActionLoss
 from ..models import LAP_SUFFIX
 from ..multiplier import MultiplierScheduler
 from ..tracker import DisplacementTracker, get_tracker, track
+from .build import Loader, build_model, create_dataset, eval_loader, read_checkpoint
 from .train_args import parse_args
 
 __all__ = ["main", "train", "resolve_config", "build_objects", "run_epochs", "TrainConfig", "TrainingObjects",
@@ -77,7 +77,6 @@ DATASET_INPUT_DEFAULTS: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 EVAL_METRICS = ("loss", "top1", "top5")  # what validate() measures
 
-Loader = Any  # what timm's create_loader returns: a torch DataLoader, or timm's PrefetchLoader around one
 Autocast = Callable[[], AbstractContextManager[Any]]
 Row = dict[str, float]  # one line of summary.csv
 
@@ -270,12 +269,12 @@ class TrainingObjects:
 def _build_datasets(args: argparse.Namespace) -> tuple[Any, Any]:
     common = dict(root=args.data_dir or "", download=args.dataset_download, batch_size=args.batch_size,
                   seed=args.seed)
-    train_set = create_lap_dataset(args.dataset, split=args.train_split, is_training=True, **common)
+    train_set = create_dataset(args.dataset, split=args.train_split, is_training=True, **common)
     if args.val_from_train is None:
-        eval_set = create_lap_dataset(args.dataset, split=args.val_split, is_training=False, **common)
+        eval_set = create_dataset(args.dataset, split=args.val_split, is_training=False, **common)
     else:
         # A second instance of the training split, so the held-out part gets the eval transform.
-        train_as_eval = create_lap_dataset(args.dataset, split=args.train_split, is_training=False, **common)
+        train_as_eval = create_dataset(args.dataset, split=args.train_split, is_training=False, **common)
         kept, held = holdout_split(train_set, args.val_from_train, seed=args.seed)
         train_set, eval_set = index_subset(train_set, kept), index_subset(train_as_eval, held)
     if args.train_subset is not None:
@@ -296,20 +295,11 @@ def scale_initial_weights(model: nn.Module, gain: float) -> nn.Module:
 
 def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int, lap: bool) -> nn.Module:
     """The timm model of the flags ``args``; ``lap``: track its blocks (a *_lap model tracks itself)."""
-    kwargs = dict(args.model_kwargs)
+    kwargs = dict(pretrained=args.pretrained, drop_rate=args.drop, drop_path_rate=args.drop_path, **args.model_kwargs)
     if args.model.endswith(LAP_SUFFIX):
         kwargs.update(lap_p=args.lap_p, lap_blocks=args.lap_blocks, lap_sample=args.lap_sample)
-    model = create_model(
-        args.model,
-        pretrained=args.pretrained,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        drop_rate=args.drop,
-        drop_path_rate=args.drop_path,
-        **kwargs,
-    )
-    if args.initial_checkpoint:
-        load_checkpoint(model, args.initial_checkpoint)
+    model = build_model(args.model, in_chans, num_classes, weights=args.initial_checkpoint, flag="--initial-checkpoint",
+                        model_kwargs=kwargs)
     if args.init_gain != 1.0:
         scale_initial_weights(model, args.init_gain)
     if lap and get_tracker(model) is None:
@@ -324,13 +314,6 @@ def _tracker(model: nn.Module) -> DisplacementTracker:
     if tracker is None:
         raise RuntimeError("timm-lap train: the model has no displacement tracker")  # _build_model attached one
     return tracker
-
-
-def _load_training_checkpoint(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _amp(config: TrainConfig) -> tuple[Autocast, NativeScaler | None]:
@@ -369,7 +352,7 @@ def _resume(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimi
     args = config.args
     if not args.resume:
         return 0, {}
-    checkpoint = _load_training_checkpoint(args.resume)
+    checkpoint = read_checkpoint(args.resume, flag="--resume")
     start_epoch = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
                                     loss_scaler=extra_state, log_info=config.primary) or 0
     return start_epoch, checkpoint
@@ -418,13 +401,9 @@ def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any,
         num_workers=args.workers, distributed=config.distributed, pin_memory=args.pin_mem, device=device,
         use_prefetcher=config.prefetcher, persistent_workers=False,
     )
-    loader_eval = create_loader(
-        eval_set, input_size=data_config["input_size"], batch_size=args.validation_batch_size or args.batch_size,
-        is_training=False, interpolation=data_config["interpolation"], mean=data_config["mean"],
-        std=data_config["std"], num_workers=args.workers, distributed=config.distributed,
-        crop_pct=data_config["crop_pct"], pin_memory=args.pin_mem, device=device, use_prefetcher=config.prefetcher,
-        persistent_workers=False,
-    )
+    loader_eval = eval_loader(eval_set, data_config, args.validation_batch_size or args.batch_size, args.workers,
+                              device, use_prefetcher=config.prefetcher, distributed=config.distributed,
+                              pin_memory=args.pin_mem)
     if len(loader_train) == 0:
         # timm's training loader drops the last partial batch: fewer samples than one batch means no step at all.
         raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch (-b {args.batch_size}"
