@@ -28,7 +28,7 @@ class LeastActionLoss(nn.Module):
     """Wrap a task loss with the least-action transport penalty.
 
     ``loss = criterion(output, target) + transport / lam``, where ``lam`` comes from an
-    attached :class:`~timm_lap.MultiplierScheduler` (``lam0 = 1`` until one is attached).
+    attached :class:`~timm_lap.MultiplierScheduler` (``lam = lambda0 = 1`` until one is attached).
     With ``weight=w`` (and no scheduler) it is the fixed-weight regulariser
     ``task + w * transport``. ``sample=f`` estimates the transport from a seeded random
     fraction ``f`` of each batch (unbiased; see :func:`timm_lap.track`).
@@ -75,7 +75,7 @@ class LeastActionLoss(nn.Module):
         self._multiplier: Multiplier | None = None
         self.task_loss: torch.Tensor | None = None
         self.transport: torch.Tensor | None = None
-        self._lam0 = torch.ones((), dtype=torch.float64)
+        self._lambda0 = torch.ones((), dtype=torch.float64)
 
     # ------------------------------------------------------------- the multiplier interface
     @property
@@ -97,14 +97,14 @@ class LeastActionLoss(nn.Module):
         object.__setattr__(self, "_multiplier", multiplier)
 
     def detach_multiplier(self, multiplier: Multiplier) -> None:
-        """Stop using ``multiplier`` (back to ``lam0 = 1``); no effect if it is not the attached one."""
+        """Stop using ``multiplier`` (back to ``lam = lambda0 = 1``); no effect if it is not the attached one."""
         if self._multiplier is multiplier:
             object.__setattr__(self, "_multiplier", None)
 
     @property
     def lam(self) -> torch.Tensor:
-        """Current multiplier (detached): the attached multiplier's, else ``lam0 = 1``."""
-        return (self._multiplier.lam if self._multiplier is not None else self._lam0).detach()
+        """Current multiplier (detached): the attached multiplier's, else ``lam = lambda0 = 1``."""
+        return (self._multiplier.lam if self._multiplier is not None else self._lambda0).detach()
 
     def forward(self, output: Any, target: Any) -> torch.Tensor:
         task = self.criterion(output, target)
@@ -126,7 +126,7 @@ class LeastActionLoss(nn.Module):
         elif self.weight is not None:
             total = torch.add(task, transport, alpha=self.weight)
         else:
-            total = task + transport  # lam0 = 1
+            total = task + transport  # lam = lambda0 = 1
         self.task_loss = task.detach()
         self.transport = transport.detach()
         return total

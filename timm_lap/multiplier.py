@@ -120,7 +120,7 @@ class MultiplierScheduler(nn.Module):
         self._report_nonfinite()
 
     def remove(self) -> None:
-        """Detach from the optimizer and the loss (which falls back to ``lam0 = 1``)."""
+        """Detach from the optimizer and the loss (which falls back to ``lam = lambda0 = 1``)."""
         self._handle.remove()
         self.loss.detach_multiplier(self)
 
