@@ -30,6 +30,7 @@ MOVED = {  # old path -> where the module lives now
     "timm_lap.analyze": "timm_lap.cli.analyze",
     "timm_lap.runs": "timm_lap.cli.runs",
     "timm_lap.bench": "timm_lap.cli.bench",
+    "timm_lap.data.datasets": "timm_lap.data",
 }
 
 

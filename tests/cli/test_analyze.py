@@ -12,7 +12,7 @@ from timm.data import create_loader
 
 from timm_lap.analysis.measure import energy_profile
 from timm_lap.cli.analyze import main
-from timm_lap.data.datasets import create_lap_dataset, dataset_targets
+from timm_lap.data import create_lap_dataset, dataset_targets
 
 pytest.importorskip("ot")
 pytest.importorskip("matplotlib")

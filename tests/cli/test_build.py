@@ -10,7 +10,7 @@ import torch
 from timm.data import resolve_data_config
 
 from timm_lap.cli.build import build_model, create_dataset, eval_loader, read_checkpoint
-from timm_lap.data.datasets import dataset_targets
+from timm_lap.data import dataset_targets
 
 
 @pytest.mark.parametrize("flag", ["--resume", "--checkpoint"])

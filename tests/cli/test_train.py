@@ -199,7 +199,7 @@ def test_fashion_mnist_from_idx_files(tmp_path):
 
 
 def test_missing_dataset_gives_the_documented_error(tmp_path, monkeypatch):
-    import timm_lap.data.datasets as data
+    import timm_lap.data.idx as data
 
     monkeypatch.setattr(data, "DEBIAN_MNIST_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(SystemExit, match=r"(?s)timm-lap train: .*" + re.escape(str(tmp_path)) + ".*--data-dir"):

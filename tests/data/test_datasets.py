@@ -1,4 +1,5 @@
-"""Tests for timm_lap.data.datasets: built-in datasets, IDX loading, targets and class-balanced subsets."""
+"""Tests for timm_lap.data (arrays, digits, idx, factory, targets, subsets): built-in datasets, IDX loading,
+targets and class-balanced subsets."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import Subset
 
-from timm_lap.data import datasets as lap_data
-from timm_lap.data.datasets import (
+from timm_lap.data import (
     FASHION_MNIST_CLASSES,
     class_balanced_subset,
     create_lap_dataset,
@@ -26,6 +26,7 @@ from timm_lap.data.datasets import (
     index_subset,
     read_idx,
 )
+from timm_lap.data import idx as idx_module
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -80,8 +81,8 @@ def write_idx_split(directory, prefix: str, images, labels, compress: bool) -> N
 def no_system_dirs(monkeypatch, tmp_path):
     """Point the Debian install folders at paths that do not exist."""
     missing = tmp_path / "no-such-system-dir"
-    monkeypatch.setattr(lap_data, "DEBIAN_FASHION_MNIST_DIR", str(missing / "fashion-mnist"))
-    monkeypatch.setattr(lap_data, "DEBIAN_MNIST_DIR", str(missing / "mnist"))
+    monkeypatch.setattr(idx_module, "DEBIAN_FASHION_MNIST_DIR", str(missing / "fashion-mnist"))
+    monkeypatch.setattr(idx_module, "DEBIAN_MNIST_DIR", str(missing / "mnist"))
     return missing
 
 
@@ -232,8 +233,8 @@ def test_missing_mnist_without_root_searches_system_dir(no_system_dirs):
 
 
 @pytest.mark.skipif(
-    not os.path.isdir(lap_data.DEBIAN_FASHION_MNIST_DIR),
-    reason=f"{lap_data.DEBIAN_FASHION_MNIST_DIR} missing: apt-get install dataset-fashion-mnist (CI installs it)",
+    not os.path.isdir(idx_module.DEBIAN_FASHION_MNIST_DIR),
+    reason=f"{idx_module.DEBIAN_FASHION_MNIST_DIR} missing: apt-get install dataset-fashion-mnist (CI installs it)",
 )
 def test_fashion_mnist_from_debian_package():
     train = create_lap_dataset("torch/fashion_mnist", split="train")
@@ -413,7 +414,7 @@ def test_dataset_targets_subset_and_fallback():
 
 
 def test_with_label_noise_is_seeded_exact_and_never_keeps_the_true_class():
-    from timm_lap.data.datasets import class_balanced_subset, load_digits_dataset, with_label_noise
+    from timm_lap.data import class_balanced_subset, load_digits_dataset, with_label_noise
 
     base = class_balanced_subset(load_digits_dataset("train"), 200, seed=3)
     noisy = with_label_noise(base, 0.3, seed=5)

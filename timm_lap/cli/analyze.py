@@ -25,7 +25,7 @@ from timm.utils import random_seed
 from ..analysis.measure import energy_profile, same_width_stages, trajectories, transport_efficiency
 from ..analysis.plotting import plot_energy_profile, plot_trajectories
 from ..analysis.report import render_report, stage_label
-from ..data.datasets import dataset_num_classes
+from ..data.targets import dataset_num_classes
 from ..device import resolve_device
 from ..tracker import get_tracker
 from .build import build_model, create_dataset, eval_loader, read_checkpoint

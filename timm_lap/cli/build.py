@@ -19,7 +19,7 @@ import torch.nn as nn
 from timm.data import create_loader
 from timm.models import create_model, load_checkpoint
 
-from ..data.datasets import create_lap_dataset
+from ..data.factory import create_lap_dataset
 
 __all__ = ["Loader", "read_checkpoint", "create_dataset", "build_model", "load_weights", "eval_loader"]
 
@@ -54,7 +54,7 @@ def read_checkpoint(path: str, flag: str = "--resume", tolerant: bool = False) -
 
 def create_dataset(name: str, **kwargs: Any) -> Any:
     """``create_dataset(name, root=, split=, is_training=, download=, seed=, ...)``: the dataset
-    :func:`~timm_lap.data.datasets.create_lap_dataset` makes of ``name`` and ``kwargs``.
+    :func:`~timm_lap.data.factory.create_lap_dataset` makes of ``name`` and ``kwargs``.
 
     timm's factory asserts on names it does not know; that becomes a ``ValueError`` naming ``--dataset``.
     """

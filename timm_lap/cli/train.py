@@ -47,13 +47,8 @@ from timm.utils import (
 from tqdm.auto import tqdm
 
 from ..analysis import plotting
-from ..data.datasets import (
-    class_balanced_subset,
-    dataset_num_classes,
-    holdout_split,
-    index_subset,
-    with_label_noise,
-)
+from ..data.subsets import class_balanced_subset, holdout_split, index_subset, with_label_noise
+from ..data.targets import dataset_num_classes
 from ..device import resolve_device
 from ..loss import LeastActionLoss
 from ..models import LAP_SUFFIX
