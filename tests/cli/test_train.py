@@ -314,3 +314,16 @@ def test_curves_leave_the_callers_matplotlib_backend_alone(tmp_path):
     finally:
         matplotlib.use(before)
     assert out and (tmp_path / "curves.png").stat().st_size > 0 and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_train_result_keeps_the_dict_access_of_0_1(tmp_path):
+    from timm_lap.cli.train import TrainResult
+
+    fields = {name: object() for name in TrainResult.__dataclass_fields__}
+    result = TrainResult(**fields)
+    for key in ("output_dir", "best_metric", "best_epoch", "rows", "lam", "num_epochs", "model", "loader_train",
+                "loader_eval"):
+        assert result[key] is fields[key]
+    with pytest.raises(KeyError):
+        result["no_such_key"]
+

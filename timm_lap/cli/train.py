@@ -653,6 +653,12 @@ class TrainResult:
     loader_train: Loader
     loader_eval: Loader
 
+    def __getitem__(self, key: str) -> Any:
+        """``result["model"]``: the dict access of releases where :func:`train` returned a dict (same keys)."""
+        if key == "config" or key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
 
 def _prepare_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -> None:
     # Seeding each epoch from (seed, epoch) makes data order and augmentation independent of earlier
