@@ -9,8 +9,8 @@ import argparse
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
-
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 __all__ = [
     "Cell", "ResultsFile", "base_argv", "deadline_after", "run_sweep", "t_interval", "paired_difference",
@@ -29,9 +29,9 @@ def default_out_dir(name: str) -> str:
 
 
 # Statistics and the resumable results file live in the package (``timm_lap.analysis.stats``, ``timm_lap.cli.runs``).
-from timm_lap.cli.runs import ResultsFile  # noqa: E402
 from timm_lap import recipes  # noqa: E402
 from timm_lap.analysis.stats import paired_difference, spearman, t_interval  # noqa: E402
+from timm_lap.cli.runs import ResultsFile  # noqa: E402
 
 
 def format_ci(ci: dict[str, float], digits: int = 2) -> str:
@@ -206,8 +206,9 @@ def write_report(out_dir: str, markdown: str, summary: Any, plot: Callable[[str]
     return files
 
 
-def sweep_and_report(opts: argparse.Namespace, name: str, presets: dict[str, dict[str, Any]], key_fields: Sequence[str],
-                     cells_for: Callable[[dict[str, Any]], list], report: Callable[..., dict[str, str]]) -> dict[str, Any]:
+def sweep_and_report(opts: argparse.Namespace, name: str, presets: dict[str, dict[str, Any]],
+                     key_fields: Sequence[str], cells_for: Callable[[dict[str, Any]], list],
+                     report: Callable[..., dict[str, str]]) -> dict[str, Any]:
     """What every benchmark's ``main`` does: pick the preset, run the resumable sweep, write and print the report."""
     preset_name, preset = resolve_preset(opts, presets)
     out_dir, results_path = resolve_paths(opts, name)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from benchmarks import common as C
 

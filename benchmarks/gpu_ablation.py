@@ -13,7 +13,7 @@ import gc
 import io
 import pstats
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 import timm
 import torch

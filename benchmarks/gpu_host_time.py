@@ -22,9 +22,8 @@ import torch
 
 from benchmarks.gpu_timing import pipelined_step, synced_steps
 from timm_lap import loss, multiplier, tracker
-from timm_lap.ops import energy
-from timm_lap.ops import grad_taps
-from timm_lap.cli.bench import build_variant, build_parser
+from timm_lap.cli.bench import build_parser, build_variant
+from timm_lap.ops import energy, grad_taps
 
 _ACC = {"python_s": 0.0}
 _GC = {"pause_s": 0.0, "count": [0, 0, 0], "start": 0.0}

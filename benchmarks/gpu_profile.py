@@ -17,7 +17,7 @@ import timm
 import torch
 
 from benchmarks.gpu_timing import pipelined_step, synced_steps
-from timm_lap.cli.bench import build_variant, model_kwargs, build_parser, variant_settings
+from timm_lap.cli.bench import build_parser, build_variant, model_kwargs, variant_settings
 
 
 def _events_breakdown(v, steps: int) -> dict[str, float]:

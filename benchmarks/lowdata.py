@@ -8,7 +8,8 @@ cosine, short training. Each dataset writes ``<out-dir>/<dataset>/`` (runs.jsonl
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from benchmarks import common as C
 

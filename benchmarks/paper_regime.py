@@ -21,7 +21,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results", "paper_regime")
@@ -179,7 +180,8 @@ def adapt(opts: argparse.Namespace) -> dict[str, Any]:
                       str(opts.threads), "--out-dir", sub, *paper_flags(opts.smoke), "--label-noise", f"{noise:g}"])
         rows[noise] = ResultsFile(os.path.join(sub, "runs.jsonl"), compare.KEY_FIELDS).rows()
         with open(os.path.join(sub, "summary.json")) as f:
-            diffs[noise] = next((e.get("diff_vs_vanilla") for e in json.load(f)["summary"] if e["label"] == "lap"), None)
+            summary_rows = json.load(f)["summary"]
+            diffs[noise] = next((e.get("diff_vs_vanilla") for e in summary_rows if e["label"] == "lap"), None)
     fig = Figure(figsize=(13, 3.8))
     ax_lam, ax_task, ax_tr = fig.subplots(1, 3)
     summary = {}
@@ -191,7 +193,7 @@ def adapt(opts: argparse.Namespace) -> dict[str, Any]:
             kw = {"color": f"C{i}", "alpha": 0.8, "label": f"{noise:.0%} noise" if j == 0 else None}
             ax_lam.plot(epochs, r["curves"]["lap_lambda"], **kw)
             ax_task.plot(epochs, r["curves"]["task_loss"], **kw)
-        mean = lambda rs, k: sum(r[k] for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
+        mean = lambda rs, k: sum(r[k] for r in rs) / len(rs) if rs else float("nan")
         summary[f"{noise:g}"] = {"lam": mean(lap, "lam"), "lap_transport": mean(lap, "test_transport"),
                                  "vanilla_transport": mean(vanilla, "test_transport"),
                                  "lap_top1": mean(lap, "test_top1"), "vanilla_top1": mean(vanilla, "test_top1"),
@@ -212,8 +214,8 @@ def adapt(opts: argparse.Namespace) -> dict[str, Any]:
     fig.savefig(os.path.join(out_dir, "adapt.png"), dpi=110)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    lines = ["| label noise | seeds | final lam (LAP) | transport LAP | transport vanilla | top-1 LAP | top-1 vanilla | "
-             "LAP - vanilla (pp) [95 % CI] |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| label noise | seeds | final lam (LAP) | transport LAP | transport vanilla | top-1 LAP "
+             "| top-1 vanilla | LAP - vanilla (pp) [95 % CI] |", "|---|---|---|---|---|---|---|---|"]
     for p in NOISE_LEVELS:
         s = summary[f"{p:g}"]
         d = s["diff_vs_vanilla"]
@@ -234,9 +236,9 @@ SAMPLE_METHOD = "lap:sample=0.25"
 
 
 def sample(opts: argparse.Namespace) -> dict[str, Any]:
+    from timm_lap.analysis.stats import detectable_difference, paired_difference, t_interval
     from timm_lap.cli import compare
     from timm_lap.cli.runs import ResultsFile
-    from timm_lap.analysis.stats import detectable_difference, paired_difference, t_interval
 
     out_dir = os.path.join(opts.out_dir, "sample")
     sizes, seeds = (["100:1"], "0-1") if opts.smoke else (["100:100", "300:100"], opts.seeds or "0-9")
@@ -245,8 +247,9 @@ def sample(opts: argparse.Namespace) -> dict[str, Any]:
                   str(opts.threads), "--out-dir", out_dir, *paper_flags(opts.smoke)])
     rows = [r for r in ResultsFile(os.path.join(out_dir, "runs.jsonl"), compare.KEY_FIELDS).rows()
             if r["phase"] == "test"]
-    lines = ["| n train | seeds | top-1 exact (%) | top-1 sampled (%) | sampled - exact (pp) [95 % CI] | detectable (pp) | "
-             "transport exact | transport sampled | final lam exact | sampled | run time sampled / exact |",
+    lines = ["| n train | seeds | top-1 exact (%) | top-1 sampled (%) | sampled - exact (pp) [95 % CI] "
+             "| detectable (pp) | transport exact | transport sampled | final lam exact | sampled "
+             "| run time sampled / exact |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
     for n in sorted({r["n_train"] for r in rows}):
@@ -257,7 +260,7 @@ def sample(opts: argparse.Namespace) -> dict[str, Any]:
             continue
         diff = paired_difference({s: r["test_top1"] for s, r in sampled.items()},
                                  {s: r["test_top1"] for s, r in exact.items()})
-        mean = lambda rs, k: t_interval([r[k] for r in rs.values()])["mean"]  # noqa: E731
+        mean = lambda rs, k: t_interval([r[k] for r in rs.values()])["mean"]
         entry = {"seeds": diff["n"], "diff": diff, "detectable": detectable_difference(diff["sd"], diff["n"]),
                  **{f"{k}_{name}": mean(rs, k) for name, rs in (("exact", exact), ("sampled", sampled))
                     for k in ("test_top1", "test_transport", "lam", "seconds")}}
@@ -286,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
                         help="study: the network (preact_flat9 at width 16, or preact_resnet20 at its widths)")
     parser.add_argument("--sizes", nargs="+", default=None, metavar="N:EPOCHS", help="study: override the sizes")
     parser.add_argument("--width", type=int, default=16, help="study: preact_flat9's width (default 16)")
-    parser.add_argument("--methods", nargs="+", default=None, help=f"study: methods (default {' '.join(STUDY_METHODS)})")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"study: methods (default {' '.join(STUDY_METHODS)})")
     parser.add_argument("--seeds", default=None, metavar="RANGE",
                         help="adapt: seeds (default 0-2); sample: seeds (default 0-9)")
     opts = parser.parse_args(argv)

@@ -20,19 +20,19 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from timm.optim import create_optimizer_v2  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from timm.optim import create_optimizer_v2
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
 
-import timm_lap  # noqa: E402
+import timm_lap
 
 ARCH = "resnet10t"
 NUM_CLASSES = 10

@@ -22,15 +22,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from sklearn.datasets import make_circles, make_moons  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+from sklearn.datasets import make_circles, make_moons
+from tqdm.auto import tqdm
 
-import timm_lap  # noqa: E402
-from timm_lap.analysis.measure import draw_trajectories, trajectories, transport_efficiency  # noqa: E402
+import timm_lap
+from timm_lap.analysis.measure import draw_trajectories, trajectories, transport_efficiency
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 

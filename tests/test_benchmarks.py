@@ -15,7 +15,6 @@ import benchmarks.per_tensor_ab
 import benchmarks.sensitivity
 from benchmarks import common as C
 
-
 # --------------------------------------------------------------------------------------------- statistics
 
 
@@ -181,7 +180,8 @@ def test_paper_regime_parts_smoke(tmp_path):
     sampled = module.main(["sample", *common])
     assert set(sampled) == {"100"} and sampled["100"]["seeds"] == 2
     assert "sampled - exact" in (tmp_path / "sample" / "sample_vs_exact.md").read_text()
-    argv = [r["argv"] for r in map(json.loads, open(tmp_path / "sample" / "runs.jsonl")) if r["label"] == "lap:sample=0.25"]
+    rows = map(json.loads, open(tmp_path / "sample" / "runs.jsonl"))
+    argv = [r["argv"] for r in rows if r["label"] == "lap:sample=0.25"]
     assert argv and all("--lap-sample" in a for a in argv)
 
 

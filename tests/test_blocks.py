@@ -3,12 +3,11 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from conftest import ResidualMLP
 from timm.models import byobnet, convnext, regnet, resnet, resnetv2
 
 import timm_lap
 from timm_lap.blocks import find_blocks, select_blocks
-
-from conftest import ResidualMLP
 
 # name -> (timm.create_model kwargs, input shape)
 FAMILIES = {
@@ -81,7 +80,8 @@ def test_energies_equal_hand_written_reference(family):
         for name in tracker.blocks:
             block, inp, out = io[name]
             ref = (out.float() - reference_shortcut(block, inp).float()).pow(2).mean()
-            torch.testing.assert_close(got[name], ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"{family}:{name}: {m}")
+            torch.testing.assert_close(got[name], ref, rtol=1e-6, atol=1e-6,
+                                       msg=lambda m, name=name: f"{family}:{name}: {m}")
     assert set(got) == set(tracker.blocks)
     assert any(v > 0 for v in got.values())
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
 import torch.nn as nn
+from conftest import ResidualMLP
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import timm_lap
-
-from conftest import ResidualMLP
 
 
 def _setup(**kw):

@@ -2,6 +2,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10

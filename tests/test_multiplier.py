@@ -8,10 +8,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from conftest import ResidualMLP
 
 import timm_lap
-
-from conftest import ResidualMLP
 
 
 def _setup(tau=1.0, every=1, lambda0=1.0, lr=0.05):

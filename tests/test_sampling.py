@@ -5,12 +5,11 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from conftest import ResidualMLP
 
 import timm_lap
 from timm_lap.ops.grouped_energy import grouping
 from timm_lap.sampling import RowSample, validate_sample
-
-from conftest import ResidualMLP
 
 
 def _exact(model, x, p=2.0):

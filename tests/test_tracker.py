@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from conftest import ResidualMLP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from timm.utils import ModelEmaV3
@@ -13,8 +14,6 @@ from timm.utils import ModelEmaV3
 import timm_lap
 from timm_lap.ops.grouped_energy import grouping
 from timm_lap.tracker import get_tracker
-
-from conftest import ResidualMLP
 
 
 def reference_transport(model: ResidualMLP, x: torch.Tensor, p: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ def test_lap_training_lowers_task_loss_and_transport():
     g = torch.Generator().manual_seed(0)
     history = []
     model.train()
-    for step in range(50):
+    for _ in range(50):
         idx = torch.randint(0, len(x), (32,), generator=g)
         loss = criterion(model(x[idx]), y[idx])
         optimizer.zero_grad()

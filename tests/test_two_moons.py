@@ -6,7 +6,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
 from conftest import load_script
 
 pytest.importorskip("sklearn")

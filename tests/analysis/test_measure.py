@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from conftest import ResidualMLP
 from torch.utils.data import DataLoader, TensorDataset
 
 import timm_lap
@@ -21,8 +22,6 @@ from timm_lap.analysis.measure import (
     transport_efficiency,
 )
 from timm_lap.blocks import find_blocks
-
-from conftest import ResidualMLP
 
 pytest.importorskip("ot")
 pytest.importorskip("matplotlib")

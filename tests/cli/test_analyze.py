@@ -44,7 +44,7 @@ def _modified_state_dict() -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
     model = timm.create_model("resnet10t", in_chans=1, num_classes=10)
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.fill_(0.5)  # undoes zero_init_last, so layer1.0 moves its points
         model.fc.weight.zero_()

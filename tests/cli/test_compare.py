@@ -24,7 +24,8 @@ def test_parse_methods():
     sampled = parse_method("lap:sample=0.25")
     assert sampled.label == "lap:sample=0.25" and sampled.flags()[-2:] == ["--lap-sample", "0.25"]
     assert parse_method("lap:sample=1").label == "lap" and "--lap-sample" not in parse_method("lap:sample=1").flags()
-    assert parse_method("fixed").weight is None and parse_method("fixed:w=0.5").flags() == ["--lap", "--lap-weight", "0.5"]
+    assert parse_method("fixed").weight is None
+    assert parse_method("fixed:w=0.5").flags() == ["--lap", "--lap-weight", "0.5"]
     for bad, match in [("sgd", "unknown method"), ("lap:beta=1", "unknown parameter"), ("lap:tau", "NAME=NUMBER"),
                        ("lap:every=0.5", "whole every"), ("vanilla:tau=1", "no parameters"), ("fixed:w=-1", ">= 0"),
                        ("lap:sample=0", "0 < sample <= 1"), ("lap:sample=2", "0 < sample <= 1")]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from timm_lap.tracker import get_tracker
 from timm_lap.cli.train import SUMMARY_COLUMNS, main, read_summary, train
 from timm_lap.cli.train_args import parse_args
+from timm_lap.tracker import get_tracker
 
 DIGITS = ["--dataset", "sklearn/digits", "--model", "resnet10t", "--train-subset", "120", "-b", "32",
           "--lr", "0.05", "--warmup-epochs", "0", "--workers", "0", "--device", "cpu", "--log-interval", "100"]
@@ -29,7 +29,8 @@ def test_realistic_timm_command_line_keeps_timm_meaning():
         "--opt", "adamw", "--opt-betas", "0.9", "0.99", "--weight-decay", "0.05", "--sched", "step",
         "--decay-milestones", "10", "20", "--lr-base", "0.2", "--warmup-epochs", "2", "--mixup", "0.2",
         "--cutmix", "1.0", "--smoothing", "0.0", "--model-ema", "--model-ema-decay", "0.999", "--amp",
-        "--amp-dtype", "bfloat16", "--channels-last", "--grad-accum-steps", "2", "--model-kwargs", "zero_init_last=False",
+        "--amp-dtype", "bfloat16", "--channels-last", "--grad-accum-steps", "2",
+        "--model-kwargs", "zero_init_last=False",
         "-j", "2", "--input-size", "3", "32", "32", "--mean", "0.5", "0.5", "0.5", "--drop-path", "0.1",
     ])
     assert (args.data_dir, args.batch_size, args.validation_batch_size) == ("/data", 64, 128)

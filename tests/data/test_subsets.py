@@ -41,7 +41,7 @@ def test_balanced_subset_is_seeded(ten_classes):
 
 def test_balanced_subset_forwards_transform(ten_classes, digits):
     sub = class_balanced_subset(ten_classes, 20)
-    fn = lambda x: x  # noqa: E731
+    fn = lambda x: x
     sub.transform = fn
     assert ten_classes.transform is fn and sub.transform is fn
     ten_classes.transform = None

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from timm_lap import LeastActionLoss, track
-from timm_lap.ops import switches as config
 from timm_lap.ops import energy
+from timm_lap.ops import switches as config
 from timm_lap.ops.grad_taps import TapRegistry
 
 

@@ -4,16 +4,15 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import ResidualMLP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import timm_lap
-from timm_lap.ops import grouped_energy
 from timm_lap.cli.bench import TinyResidualStack, saved_activation_bytes
+from timm_lap.ops import grouped_energy
 from timm_lap.ops.energy import reference_energy
 from timm_lap.ops.grouped_energy import grouped_energies, grouping, grouping_budget, set_grouping_budget
-
-from conftest import ResidualMLP
 
 
 @pytest.fixture(params=["stacked", "foreach", "per-tensor"], autouse=True)
