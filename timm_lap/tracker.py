@@ -23,6 +23,9 @@ __all__ = ["DisplacementTracker", "track", "get_tracker", "unwrap_model", "is_tr
 
 _TRACKER_ATTR = "_timm_lap_tracker"
 _MAX_FORWARDS = 16  # recent forwards whose transport a loss can still ask for by output
+# A block waiting for its group: (name, output, shortcut, sample weight, |output - shortcut| measured at the
+# block or None).
+_Pending = tuple[str, torch.Tensor, torch.Tensor, float, torch.Tensor | None]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -138,8 +141,7 @@ class DisplacementTracker:
         # Energies of the latest forward: (block names, differentiable vector of their energies).
         self._energies: list[tuple[tuple[str, ...], torch.Tensor]] = []
         # Blocks waiting to join one grouped energy node (see timm_lap.grouped_energy).
-        # (name, output, shortcut, sample weight, |output - shortcut| measured at the block or None)
-        self._pending: list[tuple[str, torch.Tensor, torch.Tensor, float, torch.Tensor | None]] = []
+        self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self._group_budget: int | None = None  # decided at a forward's first block
         # Tensors of this forward's blocks with their versions at the block, to see in-place changes after it.
@@ -321,7 +323,7 @@ class DisplacementTracker:
         else:
             self._append_group(pending)
 
-    def _append_group(self, pending: list[tuple[str, torch.Tensor, torch.Tensor, float, torch.Tensor | None]]) -> None:
+    def _append_group(self, pending: list[_Pending]) -> None:
         names = tuple(entry[0] for entry in pending)
         weights = [entry[3] for entry in pending] if self._sampler is not None else None
         values = grouped_energies([entry[1] for entry in pending], [entry[2] for entry in pending], weights,

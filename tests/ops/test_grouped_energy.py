@@ -132,6 +132,17 @@ def test_the_path_follows_size_dtype_and_shape(group_path):
     assert not grouped_energy._stackable([torch.zeros(3, dtype=torch.float64)] * 2)
 
 
+def test_norms_measured_at_the_blocks_give_the_same_energies_and_are_used(group_path):
+    pool = [p * 1 for p in _leaves(5)]
+    outs, scs = pool[1:], pool[:-1]
+    early = [grouped_energy.displacement_norm(o, s) if i % 2 else None for i, (o, s) in enumerate(zip(outs, scs))]
+    want = torch.stack([reference_energy(o, s) for o, s in zip(outs, scs)])
+    torch.testing.assert_close(grouped_energies(outs, scs, norms=early), want, rtol=1e-5, atol=1e-7)
+    if group_path != "stacked":  # a given norm is trusted, not measured again (the stacked path measures all)
+        marked = grouped_energies(outs, scs, norms=[torch.tensor(2.0)] * len(outs))
+        torch.testing.assert_close(marked, torch.full((4,), 4.0 / outs[0].numel()))
+
+
 def test_a_chain_is_numbered_in_order_so_the_stacked_path_uses_slices():
     pool = [p * 1 for p in _leaves(5)]
     node = grouped_energies(pool[1:], pool[:-1]).grad_fn

@@ -7,8 +7,8 @@ all K blocks, instead of one autograd node and several operator calls per block.
 
 The tracker groups the blocks of one forward pass into such nodes. A node's backward returns the
 gradients of all its blocks at once, before autograd reaches those blocks, so a group holds at most
-:func:`timm_lap.config.grouping_budget` bytes of gradients (``TIMM_LAP_GROUP_BYTES``; 0 turns grouping off and every
-block gets its own node, the behaviour before grouping). Like the per-block node, the group saves only
+:func:`timm_lap.ops.switches.grouping_budget` bytes of gradients (``TIMM_LAP_GROUP_BYTES``; 0 turns grouping
+off and every block gets its own node, the behaviour before grouping). Like the per-block node, the group saves only
 references to tensors autograd keeps anyway, and forms and reduces the displacement in float32 (float64 for
 float64 tensors).
 """
@@ -82,14 +82,15 @@ STACK_MAX_NUMEL = 4096
 PER_TENSOR_MIN_NUMEL = 16384
 
 
-def _per_tensor(tensors: Sequence[torch.Tensor]) -> bool:
-    return tensors[0].device.type == "cpu" and min(t.numel() for t in tensors) >= PER_TENSOR_MIN_NUMEL
-
-
 def measured_early(out: torch.Tensor) -> bool:
     """Whether a block's ``|out - shortcut|`` is best measured right after the block (:func:`displacement_norm`),
     while its tensors are still in the CPU's cache, rather than by the group node at the end of the forward."""
     return out.is_cpu and out.numel() >= PER_TENSOR_MIN_NUMEL
+
+
+def _per_tensor(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether a group takes the block-by-block path: every tensor is one :func:`measured_early` would measure."""
+    return all(measured_early(t) for t in tensors)
 
 
 def displacement_norm(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -222,13 +223,14 @@ class _GroupedSquaredDisplacementMeans(torch.autograd.Function):
             ctx.stacked = _StackedPlan(out_index, shortcut_index, tensors[0])
             d = ctx.stacked.displacements(torch.stack(tensors))
             norms = torch.linalg.vector_norm(d.flatten(1), dim=1)
-        elif _per_tensor(tensors):
-            ctx.per_tensor = True
-            early = early or (None,) * len(outs)
-            norms = torch.stack([torch.linalg.vector_norm(displacement(o, s)) if n is None else n
-                                 for o, s, n in zip(outs, shortcuts, early)])
         else:
-            norms = torch.stack(torch._foreach_norm(_displacements(outs, shortcuts, ctx.all_float32)))
+            ctx.per_tensor = _per_tensor(tensors)
+            if early is not None or ctx.per_tensor:  # norms measured at the blocks are used on any path
+                early = early or (None,) * len(outs)
+                norms = torch.stack([torch.linalg.vector_norm(displacement(o, s)) if n is None else n
+                                     for o, s, n in zip(outs, shortcuts, early)])
+            else:
+                norms = torch.stack(torch._foreach_norm(_displacements(outs, shortcuts, ctx.all_float32)))
         return norms.square_().mul_(_per_block_scale(ctx.numels, weights, 1.0, norms))
 
     @staticmethod
@@ -305,8 +307,8 @@ def grouped_energies(
     All tensors must be on one device; each pair must have one shape. The result is float32, or float64 when
     a pair is float64.
     ``weights`` (default all 1) scales each block's energy (the sampled estimate's chunk weight).
-    ``norms``: per block, ``displacement_norm(out, shortcut)`` measured earlier (or None), used by the
-    block-by-block path of large CPU tensors instead of reading the tensors again.
+    ``norms``: per block, ``displacement_norm(out, shortcut)`` measured earlier (or None, measured here);
+    a given norm is used instead of reading the tensors again (not by the stacked path of tiny tensors).
     """
     if len(outs) != len(shortcuts) or not outs:
         raise ValueError(
