@@ -23,7 +23,7 @@ class _RegisterAfterTimm:
     def exec_module(self, module):
         self._loader.exec_module(module)
         try:
-            import timm_lap  # noqa: F401  (registers the models)
+            import timm_lap.models  # noqa: F401  (registers the models)
         except Exception as exc:  # never break `import timm`
             import warnings
 
@@ -55,11 +55,12 @@ def _uninstall():
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TimmImportWatcher)]
 
 
-def install():
-    if not _enabled() or any(isinstance(f, _TimmImportWatcher) for f in sys.meta_path):
+def install(force=False):
+    """Watch for ``import timm``; ``force=True`` (from ``import timm_lap``) ignores TIMM_LAP_AUTOLOAD=0."""
+    if not (force or _enabled()) or any(isinstance(f, _TimmImportWatcher) for f in sys.meta_path):
         return
     if "timm" in sys.modules:  # timm already imported (e.g. install() called late): register now
-        import timm_lap  # noqa: F401
+        import timm_lap.models  # noqa: F401
         return
     sys.meta_path.insert(0, _TimmImportWatcher())
 

@@ -1,30 +1,56 @@
-"""The ``timm-lap`` command: ``timm-lap train|demo|analyze|bench ...``."""
+"""The ``timm-lap`` command: ``timm-lap train|compare|demo|analyze|bench ...``.
+
+Each command has a light argument module (stdlib only) and a module that runs it: the arguments are parsed
+first, so ``--help`` and argument errors answer at once, and torch and timm load only for a real run.
+"""
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    runner: str  # module with main(argv)
+    arguments: str  # stdlib-only module with parse_args(argv): help, argument errors
+    summary: str
+
 
 COMMANDS = {
-    "train": ("timm_lap.cli.train", "timm's train.py flags plus --lap (least-action training)"),
-    "compare": ("timm_lap.cli.compare", "paired multi-seed comparison: vanilla vs LAP vs fixed weight on your data"),
-    "demo": ("timm_lap.cli.demo", "vanilla vs LAP on scikit-learn digits: table and plot (the main job)"),
-    "analyze": ("timm_lap.cli.analyze", "report a trained model's transport: energy profile, trajectories, efficiency"),
-    "bench": ("timm_lap.cli.bench", "overhead benchmark: timm-lap vs vanilla vs a naive regulariser"),
+    "train": Command("timm_lap.cli.train", "timm_lap.cli.train_args",
+                     "timm's train.py flags plus --lap (least-action training)"),
+    "compare": Command("timm_lap.cli.compare", "timm_lap.cli.compare",
+                       "paired multi-seed comparison: vanilla vs LAP vs fixed weight on your data"),
+    "demo": Command("timm_lap.cli.demo", "timm_lap.cli.demo_args",
+                    "vanilla vs LAP on scikit-learn digits: table and plot (the main job)"),
+    "analyze": Command("timm_lap.cli.analyze", "timm_lap.cli.analyze_args",
+                       "report a trained model's transport: energy profile, trajectories, efficiency"),
+    "bench": Command("timm_lap.cli.bench", "timm_lap.cli.bench_args",
+                     "overhead benchmark: timm-lap vs vanilla vs a naive regulariser"),
 }
 
 
+def _usage() -> str:
+    lines = ["usage: timm-lap COMMAND [ARGS]   (timm-lap COMMAND --help for its flags)", "", "commands:"]
+    return "\n".join(lines + [f"  {name:8s} {command.summary}" for name, command in COMMANDS.items()])
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``timm-lap COMMAND ARGS``: parse ARGS with the command's light parser, then run the command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = ["usage: timm-lap COMMAND [ARGS]", "", "commands:"]
-        lines += [f"  {name:8s} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("\n".join(lines), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\ntimm-lap: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
         return 0
-    module_name, _ = COMMANDS[argv[0]]
-    module = __import__(module_name, fromlist=["main"])
-    module.main(argv[1:])
+    if argv[0] not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"{_usage()}\n\ntimm-lap: unknown command {argv[0]!r}{hint}", file=sys.stderr)
+        return 2
+    command = COMMANDS[argv[0]]
+    importlib.import_module(command.arguments).parse_args(argv[1:])  # exits here on --help or a bad flag
+    importlib.import_module(command.runner).main(argv[1:])
     return 0
 
 

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .parsing import CliParser
+
 __all__ = ["Method", "parse_method", "parse_size", "plan_cells", "choose_weights", "summarise", "main"]
 
 KEY_FIELDS = ("phase", "dataset", "model", "flags", "n_train", "epochs", "label", "weight", "seed")
@@ -358,9 +360,8 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str, method_order: Seq
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(  # no abbreviations: else `--seed 3` (a train flag) would silently set --seeds
         prog="timm-lap compare",
-        allow_abbrev=False,  # else `--seed 3` (a train flag) would silently set --seeds
         usage="timm-lap compare [COMPARE OPTIONS] TRAIN FLAGS...",
         description="Paired multi-seed comparison of vanilla training, LAP and a fixed-weight transport penalty. "
                     "Every flag not listed here goes to each `timm-lap train` run (--dataset, --model, --epochs, "
@@ -433,12 +434,17 @@ def _plan(opts: argparse.Namespace, train_flags: list[str], parser: argparse.Arg
                 select_seeds, opts.val_from_train)
 
 
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Plan]:
+    """``parse_args(argv)``: compare's options and the run plan (torch-free; exits 2 on a bad flag)."""
+    parser = build_parser()
+    opts, train_flags = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    return opts, _plan(opts, train_flags, parser)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .runs import ResultsFile, run_cells
 
-    parser = build_parser()
-    opts, train_flags = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    plan = _plan(opts, train_flags, parser)
+    opts, plan = parse_args(argv)
     results = ResultsFile(os.path.join(opts.out_dir, "runs.jsonl"), KEY_FIELDS)
     order = [m.label for m in plan.methods]
     deadline = None if opts.stop_after is None else time.monotonic() + 60 * opts.stop_after

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import logging
 import math
 import os
+import shlex
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -58,7 +60,7 @@ from .build import Loader, build_model, create_dataset, eval_loader, read_checkp
 from .train_args import parse_args
 
 __all__ = ["main", "train", "resolve_config", "build_objects", "run_epochs", "TrainConfig", "TrainingObjects",
-           "TrainResult", "SUMMARY_COLUMNS"]
+           "TrainResult", "TrainingInterrupted", "SUMMARY_COLUMNS", "latest_checkpoint", "resume_command"]
 
 _logger = logging.getLogger("timm_lap.train")
 
@@ -348,8 +350,15 @@ def _resume(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimi
     if not args.resume:
         return 0, {}
     checkpoint = read_checkpoint(args.resume, flag="--resume")
+    # timm restores the extra state through its loss-scaler slot and would announce an "AMP loss scaler" even
+    # without AMP: its lines stay off, this one says what was restored.
     start_epoch = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-                                    loss_scaler=extra_state, log_info=config.primary) or 0
+                                    loss_scaler=extra_state, log_info=False) or 0
+    if config.primary:
+        restored = ["model", *(["optimizer"] if not args.no_resume_opt else []),
+                    *([f"lam {extra_state.multiplier.lam.item():.6g}"] if extra_state.multiplier else []),
+                    *(["AMP loss scaler"] if extra_state.scaler else [])]
+        _logger.info(f"resumed from {args.resume} at epoch {start_epoch}: {', '.join(restored)}")
     return start_epoch, checkpoint
 
 
@@ -551,9 +560,12 @@ def _epoch_metrics(config: TrainConfig, sums: dict[str, torch.Tensor], count: in
 
 
 def _running_means(sums: dict[str, torch.Tensor], count: int, lap_loss: LeastActionLoss | None) -> dict[str, float]:
-    """The progress line's values: mean loss and transport so far, and the multiplier."""
+    """The progress line's values: mean loss so far and, with LAP, mean transport and the multiplier (a vanilla
+    run has no transport term, so it shows none, as summary.csv leaves it NaN)."""
+    if lap_loss is None:
+        return {"loss": (sums["loss"] / count).item()}
     means = {k: (v / count).item() for k, v in sums.items() if k != "task_loss"}
-    return means | ({"lam": lap_loss.lam.item()} if lap_loss is not None else {})
+    return means | {"lam": lap_loss.lam.item()}
 
 
 def train_one_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -> tuple[OrderedDict[str, float], int]:
@@ -727,14 +739,63 @@ def run_epochs(config: TrainConfig, objects: TrainingObjects, stop_after_epochs:
         if stop_after_epochs is not None and len(rows) >= stop_after_epochs:
             break
     lam = None if objects.multiplier is None else objects.multiplier.lam.item()
-    if objects.multiplier is not None:
-        # Every rank reports: under DDP the values must be identical.
-        _logger.info(f"rank {config.rank}: final lam {objects.multiplier.lam.item()!r}")
+    if lam is not None:
+        # Under DDP every rank reports: the values must be identical.
+        _logger.info(f"{f'rank {config.rank}: ' if config.distributed else ''}final lam {lam:.6g}")
     if config.distributed:
         torch.distributed.barrier()
     return TrainResult(output_dir=None if objects.output is None else objects.output.dir, best_metric=best[0],
                        best_epoch=best[1], rows=rows, lam=lam, num_epochs=objects.num_epochs, config=config,
                        model=objects.model, loader_train=objects.loader_train, loader_eval=objects.loader_eval)
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped :func:`train`: the run folder (None before it exists) and its newest complete checkpoint
+    (None before the first epoch ended). Checkpoints are written to a temporary file and renamed, so none is
+    half-written."""
+
+    def __init__(self, output_dir: str | None, checkpoint: str | None) -> None:
+        super().__init__(f"training interrupted; newest checkpoint: {checkpoint}")
+        self.output_dir, self.checkpoint = output_dir, checkpoint
+
+    def message(self, argv: Sequence[str]) -> str:
+        """One line: what is saved and the exact command that resumes the run."""
+        if self.checkpoint is None:
+            where = f" (run folder {self.output_dir})" if self.output_dir else ""
+            return f"timm-lap train: interrupted before the first epoch ended; nothing to resume{where}"
+        epoch = read_checkpoint(self.checkpoint).get("epoch")
+        saved = ("the run is saved" if not isinstance(epoch, int) else
+                 "epoch 0 is saved" if epoch == 0 else f"epochs 0-{epoch} are saved")
+        return (f"timm-lap train: interrupted; {saved} in {self.checkpoint}; resume with: "
+                f"{resume_command(argv, self.checkpoint)}")
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint of a run folder: ``last.pth.tar`` or a recovery checkpoint, whichever is newer."""
+    candidates = [p for p in (os.path.join(output_dir, "last.pth.tar"),
+                              *glob.glob(os.path.join(glob.escape(output_dir), "recovery-*.pth.tar")))
+                  if os.path.isfile(p)]
+    return max(candidates, key=os.path.getmtime, default=None)
+
+
+_RUN_LOCATION_FLAGS = ("--resume", "--output", "--experiment")
+
+
+def resume_command(argv: Sequence[str], checkpoint: str) -> str:
+    """``timm-lap train ARGV`` with ``--resume checkpoint`` into the checkpoint's own run folder (any earlier
+    --resume/--output/--experiment replaced), quoted for a POSIX shell."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _RUN_LOCATION_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in _RUN_LOCATION_FLAGS)):
+            kept.append(arg)
+    run_dir = os.path.dirname(os.path.abspath(checkpoint))
+    kept += ["--output", os.path.dirname(run_dir), "--experiment", os.path.basename(run_dir), "--resume", checkpoint]
+    return shlex.join(["timm-lap", "train", *kept])
 
 
 def train(args: argparse.Namespace, args_text: str = "", stop_after_epochs: int | None = None,
@@ -743,22 +804,33 @@ def train(args: argparse.Namespace, args_text: str = "", stop_after_epochs: int 
     changed: the resolved values are in the result's ``config``).
 
     ``stop_after_epochs`` ends this process after that many epochs (as if interrupted), leaving a resumable run;
-    ``plot=False`` skips the per-epoch ``curves.png`` (about a second per epoch on a CPU).
+    ``plot=False`` skips the per-epoch ``curves.png`` (about a second per epoch on a CPU). Ctrl-C raises
+    :class:`TrainingInterrupted`.
     """
     placement = _start_process(args)
     train_set, eval_set = _build_datasets(args)
     config = resolve_config(args, placement, train_set)
     objects = build_objects(config, train_set, eval_set, args_text)
-    return run_epochs(config, objects, stop_after_epochs, plot)
+    try:
+        return run_epochs(config, objects, stop_after_epochs, plot)
+    except KeyboardInterrupt:
+        output_dir = None if objects.output is None else objects.output.dir
+        raise TrainingInterrupted(output_dir, None if output_dir is None else latest_checkpoint(output_dir)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, args_text = parse_args(argv)
     try:
         return train(args, args_text)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"timm-lap train: {exc}") from exc
+    except TrainingInterrupted as stop:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed or torch.distributed.get_rank() == 0:
+            print(stop.message(argv), file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
