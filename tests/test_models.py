@@ -125,6 +125,24 @@ def test_autoload_is_cheap_and_imports_nothing_heavy():
     assert startup.stdout.strip() == "True False"  # the .pth hook ran at start-up and stayed light
 
 
+def test_import_timm_lap_is_light_and_still_registers_the_models_in_either_order():
+    light = _fresh_python("import sys, timm_lap; print('torch' in sys.modules)")
+    assert light.returncode == 0 and light.stdout.strip() == "False", light.stderr
+    for order in ("import timm_lap, timm", "import timm, timm_lap"):  # also with the start-up hook off
+        done = _fresh_python(f"{order}; print(timm.is_model('resnet18_lap'))", TIMM_LAP_AUTOLOAD="0")
+        assert done.returncode == 0 and done.stdout.strip() == "True", (order, done.stderr)
+
+
+def test_every_public_name_resolves_on_first_use():
+    import timm_lap
+
+    for name in timm_lap.__all__:
+        assert getattr(timm_lap, name).__name__ == name
+    assert set(timm_lap.__all__) <= set(dir(timm_lap))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        timm_lap.nope  # noqa: B018
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_scripting_a_lap_model_gives_the_base_models_inference_graph():
     """torch.jit.script (timm's --torchscript, exports) compiles an untracked copy; the model stays tracked."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-from typing import NoReturn
+from typing import Any, NoReturn
 
 __all__ = ["CliParser", "DefaultsHelpFormatter"]
 
@@ -52,7 +52,7 @@ class CliParser(argparse.ArgumentParser):
     the closest known flags; ``--help`` points to the full list. The exit status stays 2.
     """
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         kwargs.setdefault("allow_abbrev", False)  # --seed must never silently mean --seeds (or the reverse)
         super().__init__(*args, **kwargs)
