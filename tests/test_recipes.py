@@ -23,6 +23,14 @@ def test_the_digits_recipe_file_means_the_demo_flags():
     assert _settings(["-c", recipes.path("resnet10t_digits")]) == _settings(DIGITS_FLAGS)
 
 
+def test_the_demo_recipe_is_the_digits_recipe_on_preact_flat9():
+    assert "preact_flat9_digits" in recipes.names()
+    model_flag = DIGITS_FLAGS.index("--model") + 1
+    flat9 = [*DIGITS_FLAGS[:model_flag], "preact_flat9", *DIGITS_FLAGS[model_flag + 1:]]
+    assert _settings(["-c", recipes.path("preact_flat9_digits")]) == _settings(flat9)
+    assert _settings(recipes.flags("preact_flat9_digits")) == _settings(flat9)
+
+
 def test_flags_give_the_same_run_and_take_overrides():
     assert _settings(recipes.flags("resnet10t_digits")) == _settings(DIGITS_FLAGS)
     args, _ = parse_args(recipes.flags("resnet10t_digits", lr=0.1, dataset="torch/fashion_mnist"))
@@ -35,5 +43,6 @@ def test_command_line_flags_override_the_recipe():
 
 
 def test_an_unknown_recipe_names_the_shipped_ones():
-    with pytest.raises(ValueError, match="no timm-lap recipe 'nope'; shipped recipes: resnet10t_digits"):
+    shipped = "preact_flat9_digits, resnet10t_digits"
+    with pytest.raises(ValueError, match=f"no timm-lap recipe 'nope'; shipped recipes: {shipped}"):
         recipes.path("nope")

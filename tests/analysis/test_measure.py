@@ -261,6 +261,27 @@ def test_plots_are_written(tmp_path: Path) -> None:
         assert path.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_start_and_end_markers_are_distinct_on_top_and_in_the_legend() -> None:
+    from matplotlib.colors import to_rgba
+
+    from timm_lap.analysis.plotting import draw_trajectories, new_figure
+
+    points = np.zeros((3, 4, 2))
+    points[1:] += 1e-3  # barely moving points: the start markers must still show
+    ax = new_figure((4, 4)).add_subplot()
+    draw_trajectories(ax, points, [0, 0, 1, 1])
+    starts = [c for c in ax.collections if c.get_offsets().shape[0] and np.allclose(c.get_offsets(), 0)]
+    ends = [c for c in ax.collections if c.get_offsets().shape[0] and np.allclose(c.get_offsets(), 1e-3)]
+    assert len(starts) == len(ends) == 2
+    assert all(s.get_zorder() > max(e.get_zorder() for e in ends) for s in starts)  # drawn over the ends
+    for s in starts:  # hollow: an edge and no face, so the cross under it shows through
+        assert s.get_edgecolors()[:, 3].min() > 0 and not s.get_facecolors()[:, 3].any()
+    assert all(s.get_paths()[0] != e.get_paths()[0] for s, e in zip(starts, ends))  # circle vs cross
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["class 0", "class 1", "start (stage input)", "end (stage output)"]
+    assert to_rgba(ax.get_legend_handles_labels()[0][2].get_edgecolors()[0]) == to_rgba("black")
+
+
 def test_plot_rejects_mismatched_labels(tmp_path: Path) -> None:
     traj = trajectories(ResidualMLP(width=5, depth=2), torch.randn(8, 4))
     with pytest.raises(ValueError, match="one entry per sample"):

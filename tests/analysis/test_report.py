@@ -1,7 +1,14 @@
 """The markdown report of timm-lap analyze, from a result dict alone (no model, no data)."""
 import math
 
-from timm_lap.analysis.report import efficiency_table, energy_table, format_value, render_report, stage_label
+from timm_lap.analysis.report import (
+    CHECKPOINT_NOTE,
+    efficiency_table,
+    energy_table,
+    format_value,
+    render_report,
+    stage_label,
+)
 
 
 def _result(**changes):
@@ -42,3 +49,27 @@ def test_pieces():
     assert stage_label(["a", "b"], count=False) == "`a` .. `b`"
     assert energy_table({})[:2] == ["| # | block | energy | share |", "|---:|---|---:|---:|"]
     assert len(efficiency_table([])) == 2
+
+
+def test_total_transport_says_what_it_measures_and_training_checkpoints_get_the_last_vs_best_note():
+    text = render_report(_result())
+    assert ("| total transport | 1.5 (sum of 2 block energies, eval mode, mean over 128 samples of `validation`) |"
+            in text)
+    assert CHECKPOINT_NOTE not in text  # a state_dict file: no epoch
+    assert CHECKPOINT_NOTE in render_report(_result(checkpoint_epoch=13))
+    assert "`last.pth.tar`" in CHECKPOINT_NOTE and "`model_best.pth.tar`" in CHECKPOINT_NOTE
+
+
+def test_single_block_stages_are_noted():
+    one = {"stage": ["layer1.0"], "blocks": 1, "w2_squared": 0.1, "kinetic": 0.1, "efficiency": 1.0, "n": 200}
+    two = {**one, "stage": ["layer2.0", "layer2.1"], "blocks": 2, "efficiency": 0.5}
+    text = render_report(_result(transport_efficiency=[one], trajectories={**_result()["trajectories"],
+                                                                           "stage": ["layer1.0"]}))
+    assert "Note: `layer1.0` is a single block:" in text
+    assert "almost by construction, whatever the network learned" in text
+    assert "Note: the longest same-width stage is a single block" in text
+    text = render_report(_result(transport_efficiency=[one, {**one, "stage": ["layer3.0"]}, two]))
+    assert "Note: `layer1.0`, `layer3.0` are each a single block:" in text
+    plain = render_report(_result(transport_efficiency=[two]))
+    assert "single block" not in plain
+    assert "hollow circle = stage input (start), cross = stage output (end)" in plain

@@ -11,7 +11,9 @@ import torch
 from timm.data import create_loader
 
 from timm_lap.analysis.measure import energy_profile
+from timm_lap.analysis.report import CHECKPOINT_NOTE
 from timm_lap.cli.analyze import main
+from timm_lap.cli.analyze_args import SMALL_DATASETS, parse_args
 from timm_lap.data import create_lap_dataset, dataset_targets
 
 pytest.importorskip("ot")
@@ -56,8 +58,9 @@ def _modified_state_dict() -> dict[str, torch.Tensor]:
 def _train_checkpoint(path: Path, state_dict: dict) -> Path:
     """A file shaped like a timm-lap train checkpoint, whose args name the dataset."""
     args = argparse.Namespace(model="resnet10t", dataset="sklearn/digits", val_split="validation",
-                              input_size=[1, 32, 32], mean=[0.5], std=[0.5], num_classes=10, data_dir=None)
-    torch.save({"epoch": 3, "arch": "resnet10t", "state_dict": state_dict, "args": args}, path)
+                              input_size=[1, 32, 32], mean=[0.5], std=[0.5], num_classes=10, data_dir=None,
+                              eval_metric="top1")
+    torch.save({"epoch": 3, "arch": "resnet10t", "state_dict": state_dict, "args": args, "metric": 12.5}, path)
     return path
 
 
@@ -107,6 +110,11 @@ def test_fresh_model_report(fresh):
     report = _check_report(fresh)
     assert fresh["checkpoint"] is None and "freshly initialised" in report
     assert fresh["energy_samples"] == 128 and "over 128 samples" in report
+    assert "eval mode, mean over 128 samples of `validation`) |" in report
+    # resnet10t's only same-width stage is layer1.0 alone: its efficiency of 1 is said to mean nothing.
+    assert [row["blocks"] for row in fresh["transport_efficiency"]] == [1]
+    assert "Note: `layer1.0` is a single block:" in report and "by construction" in report
+    assert CHECKPOINT_NOTE not in report
 
 
 def test_checkpoints_are_loaded_and_reported(tmp_path, fresh):
@@ -115,7 +123,8 @@ def test_checkpoints_are_loaded_and_reported(tmp_path, fresh):
     # No --dataset: the training checkpoint's args supply dataset, split, input size, classes.
     loaded = main([*FAST, "--checkpoint", str(ckpt), "--output", str(tmp_path / "train_ckpt")])
     report = _check_report(loaded)
-    assert str(ckpt) in report and "epoch 3" in report and "`state_dict`" in report
+    assert str(ckpt) in report and "epoch 3, saved with eval top1 12.5" in report and "`state_dict`" in report
+    assert loaded["checkpoint_epoch"] == 3 and CHECKPOINT_NOTE in report
     assert "dataset" in loaded["inherited"] and "freshly initialised" not in report
 
     # The head always predicts CLASS, so top-1 is that class's share of the split.
@@ -156,3 +165,19 @@ def test_clear_errors(tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
     with pytest.raises(SystemExit, match="does not fit the model"):
         main([*FAST, *DIGITS, "--checkpoint", str(wrong), "--output", str(tmp_path / "out")])
+
+
+def test_flags_live_in_the_light_module():
+    from timm_lap.cli import analyze
+    from timm_lap.cli.train import DATASET_INPUT_DEFAULTS
+
+    assert analyze.parse_args is parse_args and SMALL_DATASETS == tuple(DATASET_INPUT_DEFAULTS)
+    assert parse_args(["--model", "m"]).batch_size == 128
+
+
+@pytest.mark.parametrize("argv", [["-b", "0"], ["--n", "0"], ["--max-batches", "0"], ["-j", "-1"]])
+def test_bad_counts_are_argument_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--model", "resnet10t", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and re.search(r"timm-lap analyze: error: argument \S+: must be >= [01], got -?\d", err)

@@ -63,7 +63,7 @@ def test_config_file_sets_defaults(tmp_path):
         parse_args(["-c", str(cfg)])
 
 
-@pytest.mark.parametrize("flag", ["--sync-bn", "--layer-decay=0.7", "--torchscript"])
+@pytest.mark.parametrize("flag", ["--kd-model-name=resnet50", "--naflex-loader"])
 def test_unsupported_timm_flag_is_rejected_by_name(flag, capsys):
     with pytest.raises(SystemExit):
         parse_args([flag])

@@ -38,3 +38,46 @@ def test_timm_image_folder_delegation_and_targets(tmp_path, monkeypatch):
     assert dataset_num_classes(ds) == 2
     sub = class_balanced_subset(ds, 4, seed=0)
     assert counts(sub.targets) == {0: 2, 1: 2}
+
+
+@pytest.fixture
+def timm_factory_not_called(monkeypatch):
+    """Fail the test if timm's dataset factory is reached."""
+    import timm.data
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("timm's create_dataset must not be called")
+
+    monkeypatch.setattr(timm.data, "create_dataset", refuse)
+
+
+@pytest.mark.parametrize("name", ["", "folder", "torch/image_folder", "torch/cifar10"])
+def test_a_missing_data_dir_for_timm_datasets_is_a_one_line_error(tmp_path, name, timm_factory_not_called):
+    typo = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(FileNotFoundError) as info:
+        create_lap_dataset(name, root=str(typo), split="train")
+    msg = str(info.value)
+    assert msg.startswith(f"--data-dir {typo} does not exist (for --dataset {name!r}); to fix: ") and "\n" not in msg
+    assert ("--dataset-download" in msg) == (name == "torch/cifar10")  # only torchvision's sets download
+
+
+def test_an_image_folder_needs_a_data_dir(timm_factory_not_called):
+    with pytest.raises(FileNotFoundError, match=r"^--dataset '' reads an image folder: pass --data-dir"):
+        create_lap_dataset("", split="train")
+
+
+def test_downloads_and_caches_may_name_a_folder_that_does_not_exist_yet(tmp_path, monkeypatch):
+    import timm.data
+
+    calls = []
+    monkeypatch.setattr(timm.data, "create_dataset", lambda name, root, **kw: calls.append((name, root)))
+    create_lap_dataset("torch/cifar10", root=str(tmp_path / "new"), download=True)
+    create_lap_dataset("hfds/some/set", root=str(tmp_path / "cache"))
+    assert calls == [("torch/cifar10", str(tmp_path / "new")), ("hfds/some/set", str(tmp_path / "cache"))]
+
+
+def test_digits_ignore_a_data_dir_and_record_it(tmp_path):
+    ds = create_lap_dataset("sklearn/digits", root=str(tmp_path / "no" / "such" / "dir"), split="train")
+    assert len(ds) > 1000
+    (source,) = ds.sources
+    assert source["kind"] == "sklearn-bundled" and "ignored" in source["note"] and str(tmp_path) in source["note"]

@@ -1,7 +1,9 @@
-"""timm_lap.data.idx: reading IDX files (plain or gzip), the layouts they are found in, the Debian copies."""
+"""timm_lap.data.idx: reading IDX files (plain or gzip), the layouts they are found in, the Debian copies, and the
+errors for a data folder that is missing or lacks the files (never a silent fallback to the system copy)."""
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import numpy as np
@@ -83,21 +85,66 @@ def test_idx_mismatched_lengths_raise(tmp_path, no_system_dirs):
         create_lap_dataset("torch/mnist", root=str(tmp_path))
 
 
+def _fake_system_dir(monkeypatch, directory) -> None:
+    """A Debian-style install folder holding a 3-sample train split, standing in for the system copy."""
+    write_idx_split(directory, "train", np.full((3, 2, 2), 7, np.uint8), np.array([1, 2, 3], np.uint8), True)
+    monkeypatch.setattr(idx_module, "DEBIAN_FASHION_MNIST_DIR", str(directory))
+
+
 def test_missing_idx_files_error_lists_searched_dirs(tmp_path, no_system_dirs):
     with pytest.raises(FileNotFoundError) as info:
         create_lap_dataset("torch/fashion_mnist", root=str(tmp_path), split="validation")
     msg = str(info.value)
-    for directory in (tmp_path, tmp_path / "FashionMNIST" / "raw", tmp_path / "raw", no_system_dirs / "fashion-mnist"):
+    assert "\n" not in msg  # one line
+    for directory in (tmp_path, tmp_path / "FashionMNIST" / "raw", tmp_path / "raw"):
         assert str(directory) in msg
     assert "t10k-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
-    assert "apt-get install dataset-fashion-mnist" in msg
+    assert f"apt-get install dataset-fashion-mnist (installs them into {no_system_dirs / 'fashion-mnist'})" in msg
     assert "--data-dir" in msg and "--dataset-download" in msg
+
+
+def test_a_data_dir_without_the_files_does_not_fall_back_to_the_system_copy(tmp_path, monkeypatch):
+    system = tmp_path / "system"
+    _fake_system_dir(monkeypatch, system)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"--data-dir {re.escape(str(empty))} holds no train-images") as info:
+        create_lap_dataset("torch/fashion_mnist", root=str(empty), split="train")
+    assert str(system) not in str(info.value).split("to fix:")[0]  # the system folder was not searched
+    assert f"drop --data-dir to use the system copy at {system}" in str(info.value)
+    assert len(create_lap_dataset("torch/fashion_mnist", split="train")) == 3  # without a root: the system copy
+
+
+def test_a_mistyped_data_dir_is_a_one_line_error(tmp_path, monkeypatch):
+    system = tmp_path / "system"
+    _fake_system_dir(monkeypatch, system)
+    typo = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(FileNotFoundError) as info:
+        create_lap_dataset("torch/fashion_mnist", root=str(typo), split="train")
+    msg = str(info.value)
+    assert msg.startswith(f"Fashion-MNIST 'train' split not found: --data-dir {typo} does not exist; to fix: ")
+    assert "\n" not in msg and f"drop --data-dir to use the system copy at {system}" in msg
+    assert "point --data-dir at a folder holding the four IDX files" in msg and "--dataset-download" in msg
+    assert not typo.exists()
+
+
+def test_download_into_a_data_dir_that_does_not_exist_yet(tmp_path, monkeypatch, no_system_dirs):
+    target = tmp_path / "new"
+
+    def fake_download(key, root, is_train):  # what torchvision writes: <root>/<Name>/raw/*
+        write_idx_split(os.path.join(root, "MNIST", "raw"), "train", np.zeros((2, 3, 3), np.uint8),
+                        np.array([4, 5], np.uint8), False)
+
+    monkeypatch.setattr(idx_module, "_download_with_torchvision", fake_download)
+    train = create_lap_dataset("torch/mnist", root=str(target), split="train", download=True)
+    assert train.targets == [4, 5] and train.root == str(target / "MNIST" / "raw")
 
 
 def test_missing_mnist_without_root_searches_system_dir(no_system_dirs):
     with pytest.raises(FileNotFoundError) as info:
         create_lap_dataset("torch/mnist", split="train")
     msg = str(info.value)
+    assert "\n" not in msg
     assert str(no_system_dirs / "mnist") in msg and "train-images-idx3-ubyte" in msg and "--data-dir" in msg
 
 

@@ -94,10 +94,11 @@ def plot_energy_profile(profile: dict[str, float], path: str | Path, title: str 
 
 
 def draw_trajectories(ax: Any, points: np.ndarray, labels: Sequence[int] | np.ndarray | torch.Tensor) -> None:
-    """Draw (K+1, N, 2) particle paths on a matplotlib ``ax``, coloured by class.
+    """``draw_trajectories(ax, points, labels)``: (K+1, N, 2) particle paths on a matplotlib ``ax``, by class.
 
-    Each sample is a faint line through its K+1 positions; starts are small circles,
-    ends are crosses.
+    Each sample is a faint line through its K+1 positions, ending in a cross (stage output); its start (stage
+    input) is a hollow circle drawn on top, so it stays visible where a point barely moves. The legend (the
+    caller's ``ax.legend()``) gets one line per class and the two marker kinds.
     """
     points = np.asarray(points)
     if points.ndim != 3 or points.shape[2] != 2:
@@ -106,13 +107,16 @@ def draw_trajectories(ax: Any, points: np.ndarray, labels: Sequence[int] | np.nd
     if labels.shape != (points.shape[1],):
         raise ValueError(f"labels must have one entry per sample ({points.shape[1]}); got shape {labels.shape}.")
     classes = np.unique(labels)
-    colours = _class_colours(len(classes))
-    for colour, cls in zip(colours, classes):
-        mask = labels == cls
-        paths = points[:, mask, :]
-        ax.plot(paths[..., 0], paths[..., 1], color=colour, alpha=0.25, linewidth=0.8)
-        ax.scatter(paths[0, :, 0], paths[0, :, 1], color=colour, s=8, marker="o", alpha=0.7, zorder=3)
-        ax.scatter(paths[-1, :, 0], paths[-1, :, 1], color=colour, s=14, marker="x", label=f"class {cls}", zorder=3)
+    for colour, cls in zip(_class_colours(len(classes)), classes):
+        paths = points[:, labels == cls, :]
+        ax.plot(paths[..., 0], paths[..., 1], color=colour, alpha=0.3, linewidth=0.8, zorder=1)
+        ax.scatter(paths[-1, :, 0], paths[-1, :, 1], color=colour, s=14, marker="x", linewidths=1.0, zorder=3)
+        ax.scatter(paths[0, :, 0], paths[0, :, 1], facecolors="none", edgecolors=[colour], s=30, marker="o",
+                   linewidths=1.0, zorder=4)
+        ax.plot([], [], color=colour, linewidth=2, label=f"class {cls}")
+    ax.scatter([], [], facecolors="none", edgecolors="black", s=30, marker="o", linewidths=1.0,
+               label="start (stage input)")
+    ax.scatter([], [], color="black", s=14, marker="x", linewidths=1.0, label="end (stage output)")
 
 
 def _class_colours(n: int) -> list[Any]:
@@ -130,12 +134,12 @@ def plot_trajectories(
 ) -> Path:
     """Plot the PCA-projected particle paths of :func:`~timm_lap.analysis.measure.trajectories`, coloured by
     class; returns the path."""
-    fig = new_figure(figsize=(5.5, 5.0))
+    fig = new_figure(figsize=(7.0, 5.0))
     ax = fig.add_subplot()
     draw_trajectories(ax, traj["projected"], labels)
     ratio = np.asarray(traj["explained_variance_ratio"])
     ax.set(xlabel=f"PC1 ({ratio[0]:.0%})", ylabel=f"PC2 ({ratio[1]:.0%})")
     stage = traj["stage"]
     ax.set_title(title or f"{stage[0]} .. {stage[-1]} ({len(stage)} blocks)")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)  # beside the points
     return save_figure(fig, path, dpi=ANALYSIS_DPI)

@@ -9,7 +9,21 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["efficiency_table", "energy_table", "format_value", "render_report", "stage_label"]
+# Why a run's numbers depend on which of its checkpoints is analysed (timm-lap demo's table uses the last).
+CHECKPOINT_NOTE = (
+    "A `timm-lap train` run folder holds `last.pth.tar` (the final epoch: the model `timm-lap train` and "
+    "`timm-lap demo` measure at the end, e.g. the demo's *val transport*) and `model_best.pth.tar` (the epoch with "
+    "the best `--eval-metric`); their numbers agree only when the best epoch is the last."
+)
+SINGLE_BLOCK_NOTE = (
+    "{stages} {verb} a single block: a one-step stage's efficiency compares the block's own pairing x_0 -> x_1 "
+    "with the optimal one, and with n points in many dimensions the two coincide, so it comes out 1 (or very "
+    "nearly) almost by construction, whatever the network learned. Efficiency says something about stages of "
+    "several blocks."
+)
+
+__all__ = ["CHECKPOINT_NOTE", "SINGLE_BLOCK_NOTE", "efficiency_table", "energy_table", "format_value", "render_report",
+           "stage_label"]
 
 
 def format_value(value: float) -> str:
@@ -61,10 +75,12 @@ def _summary(r: dict[str, Any]) -> list[str]:
         f"input {tuple(r['input_size'])} |",
         f"| top-1 accuracy | {r['top1']:.2f} % ({r['num_samples']} samples) |",
         f"| total transport | {format_value(r['total_transport'])} (sum of {len(r['energy_profile'])} block "
-        "energies) |",
+        f"energies, eval mode, mean over {r['energy_samples']} samples of `{r['split']}`) |",
     ]
     if r["inherited"]:
         lines += ["", f"Taken from the checkpoint's training arguments: {', '.join(r['inherited'])}."]
+    if r.get("checkpoint_epoch") is not None:
+        lines += ["", CHECKPOINT_NOTE]
     return lines
 
 
@@ -86,9 +102,15 @@ def _efficiency_section(r: dict[str, Any]) -> list[str]:
         "`kinetic = sum_k E|x_{k+1} - x_k|^2` (squared norms of the flattened displacements, averaged over the "
         "n points); 1 = straight, evenly paced optimal-transport paths.", "",
     ]
-    if r["transport_efficiency"]:
-        return lines + efficiency_table(r["transport_efficiency"])
-    return lines + ["The model has no same-width stage (no identity-shortcut block that keeps its input's shape)."]
+    rows = r["transport_efficiency"]
+    if not rows:
+        return lines + ["The model has no same-width stage (no identity-shortcut block that keeps its input's shape)."]
+    lines += efficiency_table(rows)
+    single = [f"`{row['stage'][0]}`" for row in rows if row["blocks"] == 1]
+    if single:
+        text = SINGLE_BLOCK_NOTE.format(stages=", ".join(single), verb="is" if len(single) == 1 else "are each")
+        lines += ["", f"Note: {text}"]
+    return lines
 
 
 def _trajectory_section(traj: dict[str, Any] | None) -> list[str]:
@@ -96,9 +118,11 @@ def _trajectory_section(traj: dict[str, Any] | None) -> list[str]:
     if traj is None:
         return lines + ["No same-width stage: no trajectories to draw."]
     ratio = ", ".join(f"{v:.0%}" for v in traj["explained_variance_ratio"])
-    return lines + [
+    lines += [
         f"{traj['points']} points through the longest same-width stage, {stage_label(traj['stage'])}, "
         f"projected on their first two principal axes (explained "
-        f"variance {ratio}), coloured by class; o = stage input, x = stage output.", "",
-        "![trajectories](trajectories.png)",
+        f"variance {ratio}), coloured by class; hollow circle = stage input (start), cross = stage output (end).",
     ]
+    if len(traj["stage"]) == 1:
+        lines += ["", "Note: the longest same-width stage is a single block, so each path is one step."]
+    return lines + ["", "![trajectories](trajectories.png)"]

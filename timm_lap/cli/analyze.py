@@ -6,7 +6,8 @@ Writes ``report.md`` (model, checkpoint, data, top-1 accuracy, total transport, 
 transport efficiency per same-width stage) with ``energy_profile.png`` and ``trajectories.png`` into
 ``--output`` (default ``./output/analyze/<model>``). A ``timm-lap train`` checkpoint's saved arguments
 fill in the dataset, split, input size and class count when they are not given on the command line.
-This module parses the command line and runs the steps; :mod:`timm_lap.analysis` measures, draws and writes the text.
+The flags are in :mod:`.analyze_args` (light); this module runs the steps; :mod:`timm_lap.analysis` measures,
+draws and writes the text.
 """
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ from ..analysis.report import render_report, stage_label
 from ..data.targets import dataset_num_classes
 from ..device import resolve_device
 from ..tracker import get_tracker
+from .analyze_args import PROG, parse_args
 from .build import build_model, create_dataset, eval_loader, read_checkpoint
-from .train import DATASET_INPUT_DEFAULTS, apply_dataset_defaults
+from .train import apply_dataset_defaults
 
 __all__ = ["analyze", "main", "parse_args"]
 
-PROG = "timm-lap analyze"
 TRAJECTORY_POINTS = 256
 # Settings a timm-lap train checkpoint's saved `args` may supply when the command line leaves them unset:
 # the data ones only without --dataset, the input ones only when no input size/channels were given.
@@ -42,53 +43,6 @@ INHERITED_DATA = ("dataset", "data_dir", "split")
 INHERITED_INPUT = ("input_size", "img_size", "in_chans", "mean", "std")
 # Where load_checkpoint(use_ema=True) takes the weights from, in its order of preference.
 WEIGHT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
-
-
-# ------------------------------------------------------------------ arguments
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Write a markdown report (energy profile, transport "
-                                "efficiency, trajectories, accuracy) on a timm model and a dataset split.")
-    p.add_argument("--model", required=True, help="timm model name (as trained)")
-    p.add_argument("--checkpoint", default=None, metavar="FILE",
-                   help="timm checkpoint (timm-lap train last.pth.tar / model_best.pth.tar) or a state_dict file; "
-                        "without it the freshly initialised model is analysed")
-    p.add_argument("--dataset", default=None, metavar="NAME",
-                   help="'sklearn/digits', 'torch/mnist', 'torch/fashion_mnist' or any timm dataset "
-                        "('' = ImageFolder under --data-dir); default: the checkpoint's")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="dataset root directory")
-    p.add_argument("--dataset-download", action="store_true", default=False, help="download the dataset if missing")
-    p.add_argument("--split", default=None, help="split to analyse (default: the checkpoint's val split, "
-                                                 "else 'validation')")
-    p.add_argument("--num-classes", type=int, default=None, metavar="N", help="default: from the dataset")
-    p.add_argument("--in-chans", type=int, default=None, metavar="N",
-                   help=f"input size/mean/std have 1-channel defaults for {', '.join(DATASET_INPUT_DEFAULTS)}")
-    p.add_argument("--img-size", type=int, default=None, metavar="N")
-    p.add_argument("--input-size", type=int, nargs=3, default=None, metavar="N", help="C H W")
-    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="MEAN")
-    p.add_argument("--std", type=float, nargs="+", default=None, metavar="STD")
-    p.add_argument("--crop-pct", type=float, default=None, metavar="PCT")
-    p.add_argument("--interpolation", default=None, metavar="NAME")
-    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="default: 128")
-    p.add_argument("--n", type=int, default=1000, metavar="N",
-                   help="points for the transport efficiency (default: 1000)")
-    p.add_argument("--max-batches", type=int, default=None, metavar="N",
-                   help="batches for the energy profile (default: all)")
-    p.add_argument("-j", "--workers", type=int, default=2, metavar="N", help="data loading processes (default: 2)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--seed", type=int, default=42, help="seeds the model initialisation and the dataset (default: 42)")
-    p.add_argument("--output", default=None, metavar="DIR", help="default: ./output/analyze/<model>")
-    return p
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and check the command line (``SystemExit`` on a bad value)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    for name in ("batch_size", "n", "max_batches"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1; got {value}")
-    return args
 
 
 # ----------------------------------------------------------------- checkpoint
@@ -101,11 +55,15 @@ def _training_args(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe_checkpoint(path: str, checkpoint: dict[str, Any]) -> str:
-    """One line saying what kind of checkpoint ``path`` is and where the weights came from."""
+    """One line saying what kind of checkpoint ``path`` is, which epoch, and where the weights came from."""
     key = next((k for k in WEIGHT_KEYS if checkpoint.get(k) is not None), None)
     if key is None:
         return f"`{path}` (state_dict)"
     epoch = f", epoch {checkpoint['epoch']}" if "epoch" in checkpoint else ""
+    metric = checkpoint.get("metric")
+    if isinstance(metric, (int, float)):
+        name = _training_args(checkpoint).get("eval_metric") or "metric"
+        epoch += f", saved with eval {name} {metric:.4g}"
     return f"`{path}` (training checkpoint{epoch}, weights from `{key}`)"
 
 
@@ -196,13 +154,15 @@ def _measure(model: nn.Module, loader: Any, args: argparse.Namespace, device: to
     plot_energy_profile(profile, out / "energy_profile.png", title=f"{title}: energy profile")
     energy_samples = min(count, args.batch_size * args.max_batches) if args.max_batches else count
     total = sum(profile.values())
-    _say(f"energy profile of {len(profile)} blocks on {energy_samples} samples: total transport {total:.6g}")
+    _say(f"energy profile of {len(profile)} blocks on {energy_samples} samples (eval mode): total transport "
+         f"{total:.6g}")
 
     has_stage = bool(same_width_stages(model, _first_samples(loader, 2)[0].to(device)))
     efficiency = transport_efficiency(model, loader, n=args.n, device=device) if has_stage else []
     for row in efficiency:
+        single = " (one block: about 1 whatever was learned, see the report)" if row["blocks"] == 1 else ""
         _say(f"transport efficiency of {stage_label(row['stage'], code=False)}: {row['efficiency']:.4g} "
-             f"(n = {row['n']})")
+             f"(n = {row['n']}){single}")
     traj = _plot_trajectories(model, loader, out, device, title) if has_stage else None
     tracker = get_tracker(model)
     return {
@@ -234,7 +194,8 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     title = f"{args.model} ({'checkpoint' if args.checkpoint else 'fresh init'})"
     result = {
         "output_dir": str(out), "report": str(out / "report.md"), "model": args.model,
-        "checkpoint": args.checkpoint, "checkpoint_info": info, "inherited": inherited, "dataset": args.dataset,
+        "checkpoint": args.checkpoint, "checkpoint_info": info, "checkpoint_epoch": checkpoint.get("epoch"),
+        "inherited": inherited, "dataset": args.dataset,
         "split": args.split, "num_classes": num_classes, "num_params": sum(p.numel() for p in model.parameters()),
         "input_size": tuple(data_config["input_size"]), "data_config": data_config,
         **_measure(model, loader, args, device, out, title),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import importlib
 import logging
 import math
 import os
@@ -28,12 +29,13 @@ from typing import Any, cast
 
 import torch
 import torch.nn as nn
-from timm.data import Mixup, create_loader, resolve_data_config
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.data import AugMixDataset, Mixup, create_loader, resolve_data_config
+from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
 from timm.models import model_parameters, resume_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.scheduler.scheduler import Scheduler
+from timm.task import create_classification_loss
 from timm.utils import (
     AverageMeter,
     CheckpointSaver,
@@ -41,14 +43,17 @@ from timm.utils import (
     NativeScaler,
     accuracy,
     dispatch_clip_grad,
+    distribute_bn,
     get_outdir,
     init_distributed_device,
     random_seed,
     reduce_tensor,
+    set_jit_fuser,
 )
 from tqdm.auto import tqdm
 
 from ..analysis import plotting
+from ..data.idx import IDX_DATASETS
 from ..data.subsets import class_balanced_subset, holdout_split, index_subset, with_label_noise
 from ..data.targets import dataset_num_classes
 from ..device import resolve_device
@@ -72,6 +77,8 @@ DATASET_INPUT_DEFAULTS: dict[str, dict[str, tuple[Any, ...]]] = {
     "torch/mnist": dict(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,)),
     "torch/fashion_mnist": dict(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3530,)),
 }
+# The datasets timm-lap loads itself (every other name goes to timm's create_dataset).
+BUILTIN_DATASETS = frozenset({"sklearn/digits", *(f"torch/{name}" for name in IDX_DATASETS)})
 EVAL_METRICS = ("loss", "top1", "top5")  # what validate() measures
 
 Autocast = Callable[[], AbstractContextManager[Any]]
@@ -137,6 +144,7 @@ class TrainConfig:
     std: tuple[float, ...] | None
     lr: float  # --lr, or --lr-base scaled by the global batch (timm's rule)
     amp_dtype: torch.dtype | None  # None without --amp
+    model_dtype: torch.dtype | None  # --model-dtype: the parameters' and inputs' dtype (None: float32)
     mixup: bool  # --mixup or --cutmix is on
     prefetcher: bool  # timm's CUDA prefetching loader
     eval_metric: str  # the key of validate()'s metrics that ranks checkpoints (--eval-metric, else top1)
@@ -167,7 +175,10 @@ class TrainConfig:
 
 
 def _start_process(args: argparse.Namespace) -> Placement:
-    """Resolve --device, join the process group under torchrun (timm's helper) and seed this process."""
+    """Import --device-modules, resolve --device, join the process group under torchrun (timm's helper), seed
+    this process and set timm's global layer switches (--fuser, --fast-norm)."""
+    for module in args.device_modules or ():
+        importlib.import_module(module)
     try:
         name = str(resolve_device(args.device, "timm-lap train"))
     except ValueError as err:
@@ -175,6 +186,10 @@ def _start_process(args: argparse.Namespace) -> Placement:
     dist = argparse.Namespace(device=name)  # timm's helper writes its answers into this
     device = init_distributed_device(dist)
     random_seed(args.seed, dist.rank)
+    if args.fuser:
+        set_jit_fuser(args.fuser)
+    if args.fast_norm:
+        set_fast_norm()
     return Placement(device, dist.distributed, dist.world_size, dist.rank, dist.local_rank)
 
 
@@ -200,31 +215,61 @@ def apply_dataset_defaults(args: argparse.Namespace) -> None:
     args.input_size, args.mean, args.std = dataset_input_defaults(args)
 
 
-def _resolve_lr(args: argparse.Namespace, world_size: int) -> float:
+def _resolve_lr(args: argparse.Namespace, world_size: int, batch_size: float | None = None) -> float:
+    """--lr, or --lr-base scaled by the global batch (``batch_size`` per process: the scheduled loader's
+    average with --train-img-sizes, else --batch-size)."""
     if args.lr is not None:
         return float(args.lr)
-    global_batch = args.batch_size * world_size * args.grad_accum_steps
+    global_batch = (batch_size or args.batch_size) * world_size * args.grad_accum_steps
     ratio = global_batch / args.lr_base_size
     scale = args.lr_base_scale or ("sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear")
     return float(args.lr_base * (ratio ** 0.5 if scale == "sqrt" else ratio))
 
 
+def _model_dtype(args: argparse.Namespace) -> torch.dtype | None:
+    if args.model_dtype is None:
+        return None
+    dtype = cast(torch.dtype, getattr(torch, args.model_dtype))
+    if args.amp and dtype != torch.float32:
+        raise ValueError(f"--model-dtype {args.model_dtype} with --amp: autocast needs float32 parameters; drop "
+                         "one of the two (--amp for mixed precision, --model-dtype for a low-precision model)")
+    return dtype
+
+
+def _check_combinations(args: argparse.Namespace, lap: bool) -> None:
+    """Flags that cannot work together, as one-line errors."""
+    if args.torchscript and lap:
+        raise ValueError("--torchscript with --lap: TorchScript drops the forward hooks that measure the transport; "
+                         "use --torchcompile instead")
+    if args.torchscript and args.torchcompile:
+        raise ValueError("--torchscript and --torchcompile: pick one")
+    if args.sync_bn and args.split_bn:
+        raise ValueError("--sync-bn and --split-bn: timm supports one BatchNorm conversion at a time")
+    if args.split_bn and args.aug_splits < 2:
+        raise ValueError("--split-bn needs --aug-splits 2 or more (one BatchNorm per augmentation split)")
+    if args.jsd_loss and args.aug_splits < 2:
+        raise ValueError("--jsd-loss needs --aug-splits 2 or more (it compares the splits' predictions)")
+
+
 def resolve_config(args: argparse.Namespace, placement: Placement, train_set: Any) -> TrainConfig:
     """Every value the run derives from the flags ``args`` (which are copied, not changed)."""
+    lap = args.lap or args.model.endswith(LAP_SUFFIX) or args.lap_weight is not None
+    _check_combinations(args, lap)
     input_size, mean, std = dataset_input_defaults(args)
-    mixup = args.mixup > 0 or args.cutmix > 0
+    mixup = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     metric = args.eval_metric.replace("eval_", "")
     return TrainConfig(
         args=argparse.Namespace(**vars(args)),
         device=placement.device, distributed=placement.distributed, world_size=placement.world_size,
         rank=placement.rank, local_rank=placement.local_rank,
-        lap=args.lap or args.model.endswith(LAP_SUFFIX) or args.lap_weight is not None,
+        lap=lap,
         num_classes=args.num_classes or dataset_num_classes(train_set),
         in_chans=args.in_chans or (input_size[0] if input_size else 3),
         input_size=None if input_size is None else tuple(input_size),
         mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
         lr=_resolve_lr(args, placement.world_size),
         amp_dtype=(torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16) if args.amp else None,
+        model_dtype=_model_dtype(args),
         mixup=mixup,
         prefetcher=placement.device.type == "cuda" and not args.no_prefetcher and not mixup,
         eval_metric=metric if metric in EVAL_METRICS else "top1",
@@ -261,17 +306,43 @@ class TrainingObjects:
     loader_train: Loader
     loader_eval: Loader
     output: RunOutput | None  # None on every process but the first
+    reference_batch: float  # the batch size --variable-batch-loss-scale compares each batch with
+    wandb_run: Any = None  # the wandb run of --log-wandb (first process, wandb installed)
+
+
+# Flags that only timm's dataset factory reads (the built-in datasets have no use for them).
+TIMM_DATASET_FLAGS = ("class_map", "input_img_mode", "input_key", "target_key", "train_num_samples",
+                      "val_num_samples", "dataset_trust_remote_code", "epoch_repeats")
+
+
+def _timm_dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """What timm's ``create_dataset`` gets from the flags (as timm's train.py passes them); for a built-in dataset,
+    an error naming any of those flags that was set."""
+    if args.dataset.strip().lower() in BUILTIN_DATASETS:
+        given = [f"--{name.replace('_', '-')}" for name in TIMM_DATASET_FLAGS if getattr(args, name)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: read by timm's dataset readers only; --dataset {args.dataset} is "
+                             "built into timm-lap and has no use for them")
+        return {}
+    chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    return dict(class_map=args.class_map, input_img_mode=args.input_img_mode or ("RGB" if chans == 3 else "L"),
+                input_key=args.input_key, target_key=args.target_key,
+                trust_remote_code=args.dataset_trust_remote_code)
 
 
 def _build_datasets(args: argparse.Namespace) -> tuple[Any, Any]:
     common = dict(root=args.data_dir or "", download=args.dataset_download, batch_size=args.batch_size,
-                  seed=args.seed)
-    train_set = create_dataset(args.dataset, split=args.train_split, is_training=True, **common)
+                  seed=args.seed, **_timm_dataset_kwargs(args))
+    extra_train = {} if not common.keys() - {"root", "download", "batch_size", "seed"} else dict(
+        num_samples=args.train_num_samples, repeats=args.epoch_repeats)
+    extra_eval = {} if not extra_train else dict(num_samples=args.val_num_samples)
+    train_set = create_dataset(args.dataset, split=args.train_split, is_training=True, **common, **extra_train)
     if args.val_from_train is None:
-        eval_set = create_dataset(args.dataset, split=args.val_split, is_training=False, **common)
+        eval_set = create_dataset(args.dataset, split=args.val_split, is_training=False, **common, **extra_eval)
     else:
         # A second instance of the training split, so the held-out part gets the eval transform.
-        train_as_eval = create_dataset(args.dataset, split=args.train_split, is_training=False, **common)
+        train_as_eval = create_dataset(args.dataset, split=args.train_split, is_training=False, **common,
+                                       **extra_eval)
         kept, held = holdout_split(train_set, args.val_from_train, seed=args.seed)
         train_set, eval_set = index_subset(train_set, kept), index_subset(train_as_eval, held)
     if args.train_subset is not None:
@@ -290,15 +361,41 @@ def scale_initial_weights(model: nn.Module, gain: float) -> nn.Module:
     return model
 
 
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """timm ``create_model`` keyword arguments of the flags (timm drops the ones left None)."""
+    kwargs = dict(pretrained=args.pretrained, drop_rate=args.drop, drop_path_rate=args.drop_path,
+                  drop_block_rate=args.drop_block, global_pool=args.gp, bn_momentum=args.bn_momentum,
+                  bn_eps=args.bn_eps, scriptable=args.torchscript or None)
+    if args.pretrained_path:  # a local file wins over the hub; num_classes=-1 makes timm adapt the classifier
+        kwargs["pretrained_cfg_overlay"] = dict(file=args.pretrained_path, num_classes=-1)
+    return kwargs | args.model_kwargs
+
+
+def _init_head(model: nn.Module, scale: float | None, bias: float | None) -> None:
+    """--head-init-scale / --head-init-bias on the model's classifier."""
+    if scale is None and bias is None:
+        return
+    head = cast(Any, model).get_classifier()
+    with torch.no_grad():
+        if scale is not None:
+            head.weight.mul_(scale)
+            head.bias.mul_(scale)
+        if bias is not None:
+            head.bias.fill_(bias)
+
+
 def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int, lap: bool) -> nn.Module:
     """The timm model of the flags ``args``; ``lap``: track its blocks (a *_lap model tracks itself)."""
-    kwargs = dict(pretrained=args.pretrained, drop_rate=args.drop, drop_path_rate=args.drop_path, **args.model_kwargs)
+    kwargs = _model_kwargs(args)
     if args.model.endswith(LAP_SUFFIX):
         kwargs.update(lap_p=args.lap_p, lap_blocks=args.lap_blocks, lap_sample=args.lap_sample)
     model = build_model(args.model, in_chans, num_classes, weights=args.initial_checkpoint, flag="--initial-checkpoint",
                         model_kwargs=kwargs)
     if args.init_gain != 1.0:
         scale_initial_weights(model, args.init_gain)
+    _init_head(model, args.head_init_scale, args.head_init_bias)
+    if args.split_bn:
+        model = convert_splitbn_model(model, max(args.aug_splits, 2))
     if lap and get_tracker(model) is None:
         track(model, blocks=args.lap_blocks, p=args.lap_p, sample=args.lap_sample)
     if args.grad_checkpointing:
@@ -326,12 +423,11 @@ def _build_train_loss(config: TrainConfig, model: nn.Module,
                       optimizer: torch.optim.Optimizer) -> tuple[nn.Module, MultiplierScheduler | None]:
     """timm's choice of training loss, wrapped by LAP when asked; and LAP's multiplier (no fixed weight)."""
     args = config.args
-    if config.mixup:
-        loss: nn.Module = SoftTargetCrossEntropy()
-    elif args.smoothing:
-        loss = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        loss = nn.CrossEntropyLoss()
+    loss_type = "jsd" if args.jsd_loss else "bce" if args.bce_loss else "ce"
+    loss = create_classification_loss(
+        loss_type, smoothing=args.smoothing, soft_targets=config.mixup and not args.jsd_loss,
+        pos_weight=args.bce_pos_weight, bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum,
+        jsd_splits=args.aug_splits).to(config.device)
     if not config.lap:
         return loss, None
     # The model's own tracker carries --lap-p, --lap-blocks and --lap-sample.
@@ -365,7 +461,9 @@ def _resume(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimi
 def _build_ema(config: TrainConfig, model: nn.Module, checkpoint: dict[str, Any]) -> ModelEmaV3 | None:
     if not config.args.model_ema:
         return None
-    model_ema = ModelEmaV3(model, decay=config.args.model_ema_decay)
+    args = config.args
+    model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                           device=torch.device("cpu") if args.model_ema_force_cpu else None)
     if "state_dict_ema" in checkpoint:
         model_ema.module.load_state_dict(checkpoint["state_dict_ema"])
     return model_ema
@@ -373,12 +471,15 @@ def _build_ema(config: TrainConfig, model: nn.Module, checkpoint: dict[str, Any]
 
 def _training_model(config: TrainConfig, model: nn.Module) -> nn.Module:
     """``model`` as the training step calls it: compiled with --torchcompile, in DDP under torchrun."""
-    train_model = model
-    if config.args.torchcompile:
-        train_model = cast(nn.Module, torch.compile(model, backend=config.args.torchcompile))
+    args, train_model = config.args, model
+    if args.torchscript:
+        train_model = cast(nn.Module, torch.jit.script(model))
+    if args.torchcompile:
+        train_model = cast(nn.Module, torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode))
     if config.distributed:
         device_ids = [config.device] if config.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=device_ids)
+        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=device_ids,
+                                                          broadcast_buffers=not args.no_ddp_bb)
     return train_model
 
 
@@ -388,6 +489,7 @@ def _build_mixup(config: TrainConfig) -> Mixup | None:
         return None
     return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                  switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
+                 cutmix_minmax=args.cutmix_minmax,
                  num_classes=config.num_classes)
 
 
@@ -397,13 +499,19 @@ def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any,
     train_interpolation = args.train_interpolation
     if args.no_aug or not train_interpolation:
         train_interpolation = data_config["interpolation"]
+    if args.aug_splits > 1:
+        train_set = AugMixDataset(train_set, num_splits=args.aug_splits)
     loader_train = create_loader(
         train_set, input_size=data_config["input_size"], batch_size=args.batch_size, is_training=True,
-        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale,
-        ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
-        interpolation=train_interpolation, mean=data_config["mean"], std=data_config["std"],
-        num_workers=args.workers, distributed=config.distributed, pin_memory=args.pin_mem, device=device,
-        use_prefetcher=config.prefetcher, persistent_workers=False,
+        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, re_split=args.resplit,
+        train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+        color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob,
+        gaussian_blur_prob=args.gaussian_blur_prob, auto_augment=args.aa, num_aug_repeats=int(args.aug_repeats),
+        num_aug_splits=args.aug_splits, interpolation=train_interpolation, mean=data_config["mean"],
+        std=data_config["std"], num_workers=args.workers, distributed=config.distributed, pin_memory=args.pin_mem,
+        img_dtype=config.model_dtype or torch.float32, device=device, use_prefetcher=config.prefetcher,
+        persistent_workers=False, worker_seeding=args.worker_seeding,
+        use_multi_epochs_loader=args.use_multi_epochs_loader, **_variable_size_kwargs(args),
     )
     loader_eval = eval_loader(eval_set, data_config, args.validation_batch_size or args.batch_size, args.workers,
                               device, use_prefetcher=config.prefetcher, distributed=config.distributed,
@@ -415,6 +523,16 @@ def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any,
                          f"partial batch is dropped when training, so no step would be taken; use "
                          f"-b {len(train_set)} or less")
     return loader_train, loader_eval
+
+
+def _variable_size_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """timm ``create_loader``'s scheduled-batch options (--train-img-sizes ...), as timm's train.py passes them."""
+    return dict(input_size_choices=args.train_img_sizes, batch_size_choices=args.train_batch_sizes,
+                batch_choice_weights=args.train_size_probs, batch_choice_seed=args.seed,
+                batch_choice_schedule=args.train_size_schedule,
+                batch_schedule_epochs=args.epochs if args.train_size_schedule == "progressive" else None,
+                batch_schedule_spread=args.train_size_schedule_spread,
+                batch_schedule_random_mix=args.train_size_random_mix, num_batches=args.train_batches_per_epoch)
 
 
 def _updates_per_epoch(batches: int, accum: int) -> int:
@@ -457,18 +575,28 @@ def build_objects(config: TrainConfig, train_set: Any, eval_set: Any, args_text:
     args, flags = config.args, config.namespace()
     model = _build_model(args, config.num_classes, config.in_chans, config.lap)
     data_config = resolve_data_config(vars(flags), model=model, verbose=config.primary)
-    model.to(config.device)
+    model.to(device=config.device, dtype=config.model_dtype)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=flags))
+    if config.distributed and args.sync_bn:
+        model = convert_sync_batchnorm(model)  # the tracked blocks stay the same modules
+    mixup = _build_mixup(config)
+    loader_train, loader_eval = _build_loaders(config, train_set, eval_set, data_config)
+    reference_batch = float(getattr(loader_train.batch_sampler, "average_batch_size", args.batch_size))
+    if args.train_img_sizes is not None and args.lr is None:
+        flags.lr = _resolve_lr(args, config.world_size, reference_batch)
+        if config.primary:
+            _logger.info(f"lr {flags.lr:.6g} from --lr-base {args.lr_base} and the scheduled loader's average "
+                         f"batch {reference_batch:.2f}")
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=flags), **args.opt_kwargs)
     autocast, loss_scaler = _amp(config)
     train_loss, multiplier = _build_train_loss(config, model, optimizer)
     extra_state = ExtraTrainingState(multiplier, loss_scaler)
     start_epoch, checkpoint = _resume(config, model, optimizer, extra_state)
+    if args.start_epoch is not None:  # timm's override, resumed or not
+        start_epoch = args.start_epoch
     model_ema = _build_ema(config, model, checkpoint)
     train_model = _training_model(config, model)
-    mixup = _build_mixup(config)
-    loader_train, loader_eval = _build_loaders(config, train_set, eval_set, data_config)
     lr_scheduler, num_epochs = _build_scheduler(flags, optimizer, len(loader_train), start_epoch)
     output = None
     if config.primary:
@@ -476,11 +604,25 @@ def build_objects(config: TrainConfig, train_set: Any, eval_set: Any, args_text:
         output = _open_output(config, flags, saver_objects, checkpoint, data_config["input_size"], args_text)
         _logger.info(f"timm-lap train: {args.model}{' with LAP' if config.lap else ''}, {len(train_set)} training / "
                      f"{len(eval_set)} validation samples, {num_epochs} epochs, output in {output.dir}")
+    wandb_run = _start_wandb(flags, output.dir) if output is not None and args.log_wandb else None
     return TrainingObjects(
         model=model, train_model=train_model, model_ema=model_ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
         start_epoch=start_epoch, num_epochs=num_epochs, train_loss=train_loss, eval_loss=nn.CrossEntropyLoss(),
         multiplier=multiplier, loss_scaler=loss_scaler, autocast=autocast, mixup=mixup, loader_train=loader_train,
-        loader_eval=loader_eval, output=output)
+        loader_eval=loader_eval, output=output, reference_batch=reference_batch, wandb_run=wandb_run)
+
+
+def _start_wandb(flags: argparse.Namespace, output_dir: str) -> Any:
+    """A wandb run for --log-wandb, or None (with a warning saying how to get it) when wandb is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        _logger.warning("--log-wandb: the wandb package is not installed, so nothing is logged to wandb; "
+                        "`pip install wandb` (and `wandb login`) to log this run")
+        return None
+    return wandb.init(project=flags.wandb_project, name=os.path.basename(output_dir), config=vars(flags),
+                      tags=flags.wandb_tags or None, resume="must" if flags.wandb_resume_id else None,
+                      id=flags.wandb_resume_id or None, dir=output_dir)
 
 
 # ------------------------------------------------------------------ step 3: the epochs
@@ -510,21 +652,23 @@ class _Progress:
 
 
 def _train_step(config: TrainConfig, objects: TrainingObjects, x: torch.Tensor, y: torch.Tensor, steps: int,
-                need_update: bool) -> torch.Tensor:
+                need_update: bool, save_images_as: int | None = None) -> torch.Tensor:
     """Forward and backward of one batch (its share 1/``steps`` of an update), then the optimizer step when
-    ``need_update``; returns the batch's loss."""
+    ``need_update``; returns the batch's loss. ``save_images_as``: a batch index to save the input grid under."""
     args, model, optimizer = config.args, objects.train_model, objects.optimizer
-    x, y = x.to(config.device), y.to(config.device)
+    x, y = x.to(device=config.device, dtype=config.model_dtype), y.to(config.device)
     if objects.mixup is not None:
         x, y = objects.mixup(x, y)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if save_images_as is not None and objects.output is not None:
+        _save_images(x, objects.output.dir, save_images_as)
     no_sync = config.distributed and not need_update and hasattr(model, "no_sync")
     with cast(Any, model).no_sync() if no_sync else nullcontext():
         with objects.autocast():
             output = model(x)
             loss = objects.train_loss(output, y)
-        scaled = loss / steps
+        scaled = loss * _batch_loss_scale(args.variable_batch_loss_scale, x.shape[0], objects.reference_batch) / steps
         if objects.loss_scaler is not None:
             objects.loss_scaler(scaled, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
                                 parameters=model_parameters(model, exclude_head="agc" in args.clip_mode),
@@ -537,6 +681,27 @@ def _train_step(config: TrainConfig, objects: TrainingObjects, x: torch.Tensor, 
                                        value=args.clip_grad, mode=args.clip_mode)
                 optimizer.step()
     return loss
+
+
+def _batch_loss_scale(mode: str, batch: int, reference: float) -> float:
+    """--variable-batch-loss-scale: a scheduled batch's weight relative to the loader's average batch."""
+    if mode == "none" or batch == reference:
+        return 1.0
+    return batch / reference if mode == "linear" else (batch / reference) ** 0.5
+
+
+def _synchronize(device: torch.device) -> None:
+    """--synchronize-step: wait for the accelerator (a no-op on the CPU)."""
+    backend: Any = getattr(torch, device.type, None)
+    if device.type != "cpu" and hasattr(backend, "synchronize"):
+        backend.synchronize()
+
+
+def _save_images(x: torch.Tensor, output_dir: str, batch_idx: int) -> None:
+    """--save-images: the batch as the model saw it (after mixup), one JPEG grid."""
+    from torchvision.utils import save_image
+
+    save_image(x.float(), os.path.join(output_dir, f"train-batch-{batch_idx}.jpg"), padding=0, normalize=True)
 
 
 def _after_update(objects: TrainingObjects, num_updates: int) -> None:
@@ -572,7 +737,8 @@ def train_one_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -
     """One epoch; returns (metrics, num_updates). Metrics are means over the epoch (reduced over ranks)."""
     loader = objects.loader_train
     lap_loss = objects.train_loss if isinstance(objects.train_loss, LeastActionLoss) else None
-    accum = config.args.grad_accum_steps
+    args = config.args
+    accum = args.grad_accum_steps
     num_updates = epoch * _updates_per_epoch(len(loader), accum)
     sums = {k: torch.zeros((), device=config.device, dtype=torch.float64) for k in ("loss", "task_loss", "transport")}
     count = 0
@@ -585,7 +751,9 @@ def train_one_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -
     for batch_idx, (x, y) in enumerate(loader):
         need_update = (batch_idx + 1) % accum == 0 or batch_idx == last_batch_idx
         steps_this_update = last_accum_steps if batch_idx >= last_batch_idx_to_accum and last_accum_steps else accum
-        loss = _train_step(config, objects, x, y, steps_this_update, need_update)
+        logs = batch_idx % max(1, args.log_interval) == 0 or batch_idx == last_batch_idx
+        loss = _train_step(config, objects, x, y, steps_this_update, need_update,
+                           save_images_as=batch_idx if args.save_images and logs else None)
         sums["loss"] += loss.detach()
         if lap_loss is not None:
             assert lap_loss.task_loss is not None and lap_loss.transport is not None  # set by the forward
@@ -597,6 +765,11 @@ def train_one_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -
         if need_update:
             num_updates += 1
             _after_update(objects, num_updates)
+            if args.synchronize_step:
+                _synchronize(config.device)
+            update_idx = batch_idx // accum
+            if objects.output is not None and args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
+                objects.output.saver.save_recovery(epoch, batch_idx=update_idx)
         progress.update(batch_idx, partial(_running_means, sums, count, lap_loss))
     progress.close()
     return _epoch_metrics(config, sums, count, lap_loss), num_updates
@@ -610,16 +783,19 @@ def validate(config: TrainConfig, model: nn.Module, loader: Loader, loss_fn: nn.
     meters = {k: AverageMeter() for k in EVAL_METRICS}
     progress = _Progress(len(loader), desc, config.primary, config.args.log_interval)
     for batch_idx, (x, y) in enumerate(loader):
-        x, y = x.to(config.device), y.to(config.device)
+        x, y = x.to(device=config.device, dtype=config.model_dtype), y.to(config.device)
         if config.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with amp_autocast():
             output = model(x)
+        if config.args.tta > 1:  # as timm: each run of N consecutive outputs is one sample's N augmented views
+            output = output.unfold(0, config.args.tta, config.args.tta).mean(dim=2)
+            y = y[::config.args.tta]
         loss = loss_fn(output.float(), y)
         top1, top5 = accuracy(output, y, topk=(1, min(5, output.shape[-1])))
         if config.distributed:
             loss, top1, top5 = (reduce_tensor(t, config.world_size) for t in (loss, top1, top5))
-        n = x.shape[0]
+        n = y.shape[0]
         for name, value in (("loss", loss), ("top1", top1), ("top5", top5)):
             meters[name].update(value.item(), n)
         progress.update(batch_idx, lambda: {"loss": meters["loss"].avg, "top1": meters["top1"].avg})
@@ -679,16 +855,31 @@ def _prepare_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) ->
     random_seed(args.seed + epoch, config.rank)
     if args.lap_sample is not None:
         _tracker(objects.model).reseed(args.seed + epoch)
-    if hasattr(objects.loader_train.sampler, "set_epoch"):
-        objects.loader_train.sampler.set_epoch(epoch)
+    loader = objects.loader_train
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    if hasattr(loader.batch_sampler, "set_epoch"):  # timm's scheduled (variable-size) batches
+        loader.batch_sampler.set_epoch(epoch)
+    elif hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
     if objects.mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         objects.mixup.mixup_enabled = False
 
 
+def _distribute_bn(config: TrainConfig, model: nn.Module) -> None:
+    """--dist-bn: BatchNorm running statistics averaged over the ranks ('reduce') or taken from rank 0
+    ('broadcast'), as timm does after each epoch; nothing with --sync-bn, whose statistics are already global."""
+    args = config.args
+    if config.distributed and not args.sync_bn and args.dist_bn in ("broadcast", "reduce"):
+        distribute_bn(model, config.world_size, args.dist_bn == "reduce")
+
+
 def _evaluate(config: TrainConfig, objects: TrainingObjects) -> OrderedDict[str, float]:
-    """Validation metrics of the model, or of its EMA with --model-ema."""
+    """Validation metrics of the model, or of its EMA with --model-ema (unless it lives on the CPU by
+    --model-ema-force-cpu, which timm does not evaluate)."""
     metrics = validate(config, objects.model, objects.loader_eval, objects.eval_loss, objects.autocast)
-    if objects.model_ema is not None:
+    if objects.model_ema is not None and not config.args.model_ema_force_cpu:
+        _distribute_bn(config, objects.model_ema)
         metrics = validate(config, objects.model_ema, objects.loader_eval, objects.eval_loss, objects.autocast,
                            desc="eval (EMA)")
     return metrics
@@ -728,6 +919,7 @@ def run_epochs(config: TrainConfig, objects: TrainingObjects, stop_after_epochs:
     for epoch in range(objects.start_epoch, objects.num_epochs):
         _prepare_epoch(config, objects, epoch)
         train_metrics, _ = train_one_epoch(config, objects, epoch)
+        _distribute_bn(config, objects.model)
         evaluate = (epoch + 1) % config.args.eval_interval == 0 or epoch + 1 == objects.num_epochs
         eval_metrics = _evaluate(config, objects) if evaluate else OrderedDict((k, math.nan) for k in EVAL_METRICS)
         row = _summary_row(epoch, train_metrics, eval_metrics, objects.optimizer.param_groups[0]["lr"])
@@ -735,6 +927,8 @@ def run_epochs(config: TrainConfig, objects: TrainingObjects, stop_after_epochs:
         metric = eval_metrics[config.eval_metric] if evaluate else None
         if objects.output is not None:
             best = _record_epoch(config, objects.output, row, metric, plot) or best
+        if objects.wandb_run is not None:
+            objects.wandb_run.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         objects.lr_scheduler.step(epoch + 1, metric)
         if stop_after_epochs is not None and len(rows) >= stop_after_epochs:
             break

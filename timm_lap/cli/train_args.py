@@ -14,23 +14,19 @@ from .parsing import CliParser
 
 __all__ = ["build_parser", "parse_args", "available_cores", "TIMM_FLAGS_NOT_SUPPORTED"]
 
-# timm train.py flags that timm-lap train does not implement: named in the error instead of "unrecognized".
-TIMM_FLAGS_NOT_SUPPORTED = frozenset("""
---aug-repeats --aug-splits --bce-loss --bce-pos-weight --bce-sum --bce-target-thresh --bn-eps --bn-momentum
---class-map --color-jitter-prob --cutmix-minmax --dataset-trust-remote-code --device-modules --dist-bn
---distill-loss-weight --drop-block --drop-connect --epoch-repeats --fast-norm --fuser --gaussian-blur-prob --gp
---grayscale-prob --head-init-bias --head-init-scale --input-img-mode --input-key --jsd-loss --kd-distill-type
---kd-loss-type --kd-model-name --kd-student-feature-dim --kd-teacher-feature-dim --kd-temperature
---kd-token-distill-type --layer-decay --layer-decay-min-scale --layer-decay-no-opt-scale --log-wandb
---model-dtype --model-ema-force-cpu --model-ema-warmup --naflex-loader --naflex-loss-scale --naflex-max-seq-len
---naflex-patch-size-probs --naflex-patch-sizes --naflex-patchify-channels-first --naflex-train-seq-lens
---no-ddp-bb --opt-kwargs --pretrained-path --recovery-interval --resplit --save-images --split-bn --start-epoch
---sync-bn --synchronize-step --target-key --task-loss-weight --torchcompile-mode --torchscript
---train-batch-sizes --train-batches-per-epoch --train-crop-mode --train-img-sizes --train-num-samples
---train-size-probs --train-size-random-mix --train-size-schedule --train-size-schedule-spread
---train-steps-per-epoch --tta --use-multi-epochs-loader --val-interval --val-num-samples
---variable-batch-loss-scale --wandb-project --wandb-resume-id --wandb-tags --worker-seeding
-""".split())
+# timm train.py flags timm-lap train does not implement, each with the reason the error gives.
+_KD = ("knowledge distillation runs through timm's distillation task objects, which own the forward pass and the "
+       "loss; LAP needs the student's own forward and task loss, which that path does not expose yet")
+_NAFLEX = ("the NaFlex loader yields dicts of variable-length patch sequences for NaFlex ViTs; timm-lap train's step "
+           "and its transport measurement take image tensors")
+TIMM_FLAGS_NOT_SUPPORTED: dict[str, str] = {
+    **{flag: _KD for flag in (
+        "--kd-model-name", "--kd-distill-type", "--kd-loss-type", "--distill-loss-weight", "--task-loss-weight",
+        "--kd-temperature", "--kd-student-feature-dim", "--kd-teacher-feature-dim", "--kd-token-distill-type")},
+    **{flag: _NAFLEX for flag in (
+        "--naflex-loader", "--naflex-train-seq-lens", "--naflex-max-seq-len", "--naflex-patch-sizes",
+        "--naflex-patch-size-probs", "--naflex-loss-scale", "--naflex-patchify-channels-first")},
+}
 
 
 class _TimmKwargs(argparse.Action):
@@ -93,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "out before --train-subset draws; for tuning without the test set (default: --val-split)")
     g.add_argument("--label-noise", type=float, default=0.0, metavar="P",
                    help="replace a seeded fraction P of the training labels by another class (validation stays clean)")
+    g.add_argument("--train-num-samples", type=int, default=None, metavar="N",
+                   help="samples per epoch of an iterable (streamed) training set (default: the set's own count)")
+    g.add_argument("--val-num-samples", type=int, default=None, metavar="N",
+                   help="samples of an iterable validation set (default: the set's own count)")
+    g.add_argument("--class-map", default="", type=str, metavar="FILE",
+                   help="file mapping folder/class names to indices (default: sorted class names)")
+    g.add_argument("--input-img-mode", default=None, type=str, metavar="MODE",
+                   help="PIL mode images are converted to (default: RGB for 3 channels, L for 1)")
+    g.add_argument("--input-key", default=None, type=str, metavar="KEY",
+                   help="image field of dict-style datasets (Hugging Face, WebDataset; default: the reader's)")
+    g.add_argument("--target-key", default=None, type=str, metavar="KEY",
+                   help="label field of dict-style datasets (default: the reader's)")
+    g.add_argument("--dataset-trust-remote-code", action="store_true", default=False,
+                   help="allow Hugging Face datasets to run their own loading code")
+    g.add_argument("--epoch-repeats", type=float, default=0.0, metavar="N",
+                   help="repeat an iterable training set N times per epoch (0 = once)")
 
     g = p.add_argument_group("Model")
     g.add_argument("--model", default="resnet50", metavar="MODEL",
@@ -101,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from the model's pretrained weights (timm's hub; needs a network or a filled cache)")
     g.add_argument("--initial-checkpoint", default="", metavar="PATH",
                    help="start from the weights in this file (default: fresh weights)")
+    g.add_argument("--pretrained-path", default=None, type=str, metavar="PATH",
+                   help="with --pretrained: read the pretrained weights from this local file instead of the hub; "
+                        "the classifier adapts to --num-classes (default: the hub)")
     g.add_argument("--init-gain", type=float, default=1.0, metavar="G",
                    help="multiply the fresh initial weights of every conv and linear layer by G")
     g.add_argument("--resume", default="", metavar="PATH",
@@ -136,6 +151,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra keyword arguments for timm.create_model, e.g. width=16 depth=3 (default: none)")
     g.add_argument("--torchcompile", nargs="?", type=str, default=None, const="inductor", metavar="BACKEND",
                    help="torch.compile the model with BACKEND (the flag alone: inductor; default: eager)")
+    g.add_argument("--torchcompile-mode", type=str, default=None, metavar="MODE",
+                   help="torch.compile mode, e.g. max-autotune (default: torch's)")
+    g.add_argument("--torchscript", action="store_true", default=False,
+                   help="train a torch.jit.script'ed model (not with --lap: scripting drops the hooks LAP measures "
+                        "with)")
+    g.add_argument("--gp", default=None, type=str, metavar="POOL",
+                   help="global pool type: fast, avg, max, avgmax, avgmaxc (default: the model's)")
+    g.add_argument("--drop-connect", type=float, default=None, metavar="PCT",
+                   help="old name of --drop-path, kept by timm (default: unset)")
+    g.add_argument("--drop-block", type=float, default=None, metavar="PCT",
+                   help="DropBlock rate, for models that have it (default: the model's)")
+    g.add_argument("--bn-momentum", type=float, default=None, metavar="M",
+                   help="BatchNorm momentum (default: the model's)")
+    g.add_argument("--bn-eps", type=float, default=None, metavar="EPS", help="BatchNorm epsilon (default: the model's)")
+    g.add_argument("--head-init-scale", default=None, type=float, metavar="S",
+                   help="multiply the classifier's initial weight and bias by S (default: unchanged)")
+    g.add_argument("--head-init-bias", default=None, type=float, metavar="B",
+                   help="set the classifier's initial bias to B (default: unchanged)")
+    g.add_argument("--model-dtype", default=None, type=str, choices=("float32", "float16", "bfloat16"),
+                   help="dtype of the model's weights and inputs (not with --amp; default: float32)")
+    g.add_argument("--fast-norm", action="store_true", default=False,
+                   help="timm's fast (lower-precision) normalisation layers")
+    g.add_argument("--fuser", default="", type=str, metavar="FUSER",
+                   help="TorchScript fuser: te, old or nvfuser (default: torch's)")
 
     g = p.add_argument_group("Device and distributed")
     g.add_argument("--device", default=None, type=str, help="torch device (default: cuda if available, else cpu)")
@@ -145,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-prefetcher", action="store_true", default=False,
                    help="turn off timm's CUDA prefetching loader")
     g.add_argument("--pin-mem", action="store_true", default=False, help="pin loader memory (faster CUDA copies)")
+    g.add_argument("--local_rank", "--local-rank", default=0, type=int, metavar="N",
+                   help="set by the old torch.distributed.launch; under torchrun the LOCAL_RANK variable counts")
+    g.add_argument("--device-modules", default=None, type=str, nargs="+", metavar="MODULE",
+                   help="Python modules to import first, e.g. a device backend plug-in (default: none)")
+    g.add_argument("--synchronize-step", action="store_true", default=False,
+                   help="wait for the device after every update (honest step times; slower)")
+    g.add_argument("--sync-bn", action="store_true", default=False,
+                   help="torchrun: synchronised BatchNorm across processes (replaces --dist-bn)")
+    g.add_argument("--dist-bn", type=str, default="reduce", choices=("broadcast", "reduce", ""),
+                   help="torchrun: after each epoch, 'reduce' averages BatchNorm statistics over processes, "
+                        "'broadcast' copies rank 0's, '' leaves them")
+    g.add_argument("--split-bn", action="store_true", default=False,
+                   help="separate BatchNorm statistics per augmentation split (with --aug-splits or --resplit)")
+    g.add_argument("--no-ddp-bb", action="store_true", default=False,
+                   help="torchrun: do not broadcast buffers (BatchNorm statistics) at every forward")
 
     g = p.add_argument_group("Optimizer")
     g.add_argument("--opt", default="sgd", type=str, metavar="OPTIMIZER",
@@ -159,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip gradients at NORM (default: no clipping)")
     g.add_argument("--clip-mode", type=str, default="norm", choices=("norm", "value", "agc"),
                    help="how --clip-grad clips")
+    g.add_argument("--layer-decay", type=float, default=None, metavar="RATE",
+                   help="layer-wise learning-rate decay (fine-tuning; default: off)")
+    g.add_argument("--layer-decay-min-scale", type=float, default=0, metavar="SCALE",
+                   help="floor of the layer-decay learning-rate scale")
+    g.add_argument("--layer-decay-no-opt-scale", type=float, default=None, metavar="SCALE",
+                   help="layers whose layer-decay scale falls below SCALE are frozen (default: none frozen)")
+    g.add_argument("--opt-kwargs", nargs="*", default={}, action=_TimmKwargs, metavar="K=V",
+                   help="extra keyword arguments for the optimizer (default: none)")
 
     g = p.add_argument_group("Learning-rate schedule")
     g.add_argument("--sched", type=str, default="cosine", metavar="SCHEDULER",
@@ -194,9 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patience-epochs", type=int, default=10, metavar="N", help="plateau schedule: patience")
     g.add_argument("--decay-rate", "--dr", type=float, default=0.1, metavar="RATE",
                    help="learning-rate factor at each decay")
+    g.add_argument("--start-epoch", default=None, type=int, metavar="N",
+                   help="epoch to start at, also over a --resume checkpoint's (default: 0 or the checkpoint's)")
 
     g = p.add_argument_group("Augmentation and regularisation")
     g.add_argument("--no-aug", action="store_true", default=False, help="no training augmentation at all")
+    g.add_argument("--train-crop-mode", type=str, default=None, metavar="MODE",
+                   help="training crop: rrc (random resized), rkrc, rkrr (default: rrc)")
     g.add_argument("--scale", type=float, nargs="+", default=[0.08, 1.0], metavar="PCT",
                    help="random-resized-crop area range")
     g.add_argument("--ratio", type=float, nargs="+", default=[3.0 / 4.0, 4.0 / 3.0], metavar="RATIO",
@@ -204,13 +270,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hflip", type=float, default=0.5, metavar="PROB", help="horizontal flip probability")
     g.add_argument("--vflip", type=float, default=0.0, metavar="PROB", help="vertical flip probability")
     g.add_argument("--color-jitter", type=float, default=0.4, metavar="PCT", help="colour jitter strength")
+    g.add_argument("--color-jitter-prob", type=float, default=None, metavar="PROB",
+                   help="apply colour jitter with this probability (default: always)")
+    g.add_argument("--grayscale-prob", type=float, default=None, metavar="PROB",
+                   help="random greyscale probability (default: never)")
+    g.add_argument("--gaussian-blur-prob", type=float, default=None, metavar="PROB",
+                   help="random Gaussian blur probability (default: never)")
     g.add_argument("--aa", type=str, default=None, metavar="NAME",
                    help="auto-augment policy, e.g. rand-m9-mstd0.5 (default: none)")
     g.add_argument("--reprob", type=float, default=0.0, metavar="PCT", help="random-erasing probability")
     g.add_argument("--remode", type=str, default="pixel", metavar="MODE", help="random-erasing fill mode")
     g.add_argument("--recount", type=int, default=1, metavar="N", help="random-erasing count")
+    g.add_argument("--resplit", action="store_true", default=False,
+                   help="no random erasing on the first (clean) augmentation split")
+    g.add_argument("--aug-repeats", type=float, default=0, metavar="N",
+                   help="repeated augmentation: each image N times per epoch, spread over processes (0 = off)")
+    g.add_argument("--aug-splits", type=int, default=0, metavar="N",
+                   help="AugMix-style splits per batch: the clean image plus N-1 augmented copies (0 = off)")
+    g.add_argument("--jsd-loss", action="store_true", default=False,
+                   help="Jensen-Shannon divergence + cross-entropy over the --aug-splits splits")
+    g.add_argument("--bce-loss", action="store_true", default=False,
+                   help="binary cross-entropy instead of softmax cross-entropy (the ResNet-strikes-back recipes)")
+    g.add_argument("--bce-sum", action="store_true", default=False, help="BCE: sum over classes instead of mean")
+    g.add_argument("--bce-target-thresh", type=float, default=None, metavar="T",
+                   help="BCE: binarise (soft) targets at T (default: keep soft targets)")
+    g.add_argument("--bce-pos-weight", type=float, default=None, metavar="W",
+                   help="BCE: weight of the positive term (default: 1)")
     g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup alpha (0 = off)")
     g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix alpha (0 = off)")
+    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None, metavar="RATIO",
+                   help="cutmix box size range as min max fractions; turns cutmix on, overrides --cutmix alpha "
+                        "(default: off)")
     g.add_argument("--mixup-prob", type=float, default=1.0, metavar="PROB",
                    help="probability of mixing a batch when mixup or cutmix is on")
     g.add_argument("--mixup-switch-prob", type=float, default=0.5, metavar="PROB",
@@ -229,10 +319,51 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-ema", action="store_true", default=False,
                    help="keep an exponential moving average of the weights (timm's ModelEmaV3)")
     g.add_argument("--model-ema-decay", type=float, default=0.9998, metavar="DECAY", help="EMA decay per update")
+    g.add_argument("--model-ema-force-cpu", action="store_true", default=False,
+                   help="keep the EMA on the CPU (it is then not evaluated)")
+    g.add_argument("--model-ema-warmup", action="store_true", default=False,
+                   help="ramp the EMA decay up over the first updates")
+
+    g = p.add_argument_group("Variable-size training (timm's scheduled batch sampler)")
+    g.add_argument("--train-img-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="train on batches of these square sizes, drawn per batch (default: one size)")
+    g.add_argument("--train-batch-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="batch size for each of --train-img-sizes (default: scaled to keep pixels per batch)")
+    g.add_argument("--train-size-probs", type=float, nargs="+", default=None, metavar="P",
+                   help="probability of each of --train-img-sizes (default: in proportion to the batches)")
+    g.add_argument("--train-size-schedule", type=str, default="constant", choices=("constant", "progressive"),
+                   help="keep the size mix constant, or move from small to large sizes over the epochs")
+    g.add_argument("--train-size-schedule-spread", type=float, default=0.65, metavar="F",
+                   help="progressive schedule: how widely each epoch spreads over the sizes")
+    g.add_argument("--train-size-random-mix", type=float, default=0.1, metavar="F",
+                   help="progressive schedule: share of batches drawn from the whole mix")
+    g.add_argument("--train-batches-per-epoch", "--train-steps-per-epoch", type=int, default=None, metavar="N",
+                   help="batches per epoch of the variable-size loader (default: about one pass over the data)")
+    g.add_argument("--variable-batch-loss-scale", type=str, default="none", choices=("none", "linear", "sqrt"),
+                   help="scale each batch's loss by its size relative to the mean batch size")
 
     g = p.add_argument_group("Misc")
     g.add_argument("--seed", type=int, default=42, metavar="S", help="random seed (subsets, initialisation, order)")
     g.add_argument("--log-interval", type=int, default=50, metavar="N", help="log every N batches")
+    g.add_argument("--recovery-interval", type=int, default=0, metavar="N",
+                   help="also write a recovery checkpoint every N updates (0 = only at epoch ends)")
+    g.add_argument("--save-images", action="store_true", default=False,
+                   help="save the logged training batches as images in the run folder")
+    g.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="evaluation averages the outputs of N consecutive images (test-time augmentation "
+                        "factor; 0 = off)")
+    g.add_argument("--use-multi-epochs-loader", action="store_true", default=False,
+                   help="keep loader workers alive across epochs (timm's MultiEpochsDataLoader)")
+    g.add_argument("--worker-seeding", type=str, default="all", metavar="MODE",
+                   help="how loader workers are seeded: 'all' (python, numpy, torch) or 'part' (torch only)")
+    g.add_argument("--log-wandb", action="store_true", default=False,
+                   help="log the epoch metrics to Weights & Biases (needs `pip install wandb`)")
+    g.add_argument("--wandb-project", default=None, type=str, metavar="NAME",
+                   help="wandb project (default: wandb's)")
+    g.add_argument("--wandb-tags", default=[], type=str, nargs="+", metavar="TAG",
+                   help="wandb run tags (default: none)")
+    g.add_argument("--wandb-resume-id", default="", type=str, metavar="ID",
+                   help="continue this wandb run (needs --resume; default: a new run)")
     g.add_argument("--checkpoint-hist", type=int, default=10, metavar="N", help="best checkpoints to keep")
     g.add_argument("-j", "--workers", type=int, default=None, metavar="N",
                    help="data-loading processes per process (default: 4, capped to the CPU cores available)")
@@ -242,10 +373,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder name (default: date, model and image size)")
     g.add_argument("--eval-metric", default="top1", type=str, metavar="EVAL_METRIC",
                    help="metric that picks the best checkpoint (top1, top5, loss)")
-    g.add_argument("--eval-interval", type=int, default=1, metavar="N",
+    g.add_argument("--eval-interval", "--val-interval", type=int, default=1, metavar="N",
                    help="evaluate every N epochs and after the last one (other epochs write only a recovery "
-                        "checkpoint)")
+                        "checkpoint; --val-interval is timm's name)")
     return p
+
+
+# timm's defaults of the unsupported flags that are not None/False: an args.yaml that timm's train.py wrote holds
+# every flag, so a key at its default means "not used" and is skipped.
+_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
+    "kd_distill_type": "logit", "kd_loss_type": "kl", "kd_temperature": 4.0, "kd_token_distill_type": "soft",
+    "naflex_train_seq_lens": [128, 256, 576, 784, 1024], "naflex_max_seq_len": 576, "naflex_loss_scale": "linear",
+}
+
+
+_CONFIG_ALIASES = {"val_interval": "eval_interval", "train_steps_per_epoch": "train_batches_per_epoch"}
+
+
+def _reject_unsupported(parser: argparse.ArgumentParser, flag: str, where: str = "") -> None:
+    reason = TIMM_FLAGS_NOT_SUPPORTED.get(flag)
+    if reason is not None:
+        parser.error(f"{flag}{where} is a timm train.py flag that timm-lap train does not support: {reason}. Drop it, "
+                     "or use timm's own train.py (the *_lap models work there too).")
+
+
+def _read_config(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The flag defaults a YAML recipe sets: timm's recipe files (their derived keys are skipped) or timm-lap's."""
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except OSError as exc:
+        parser.error(f"-c {path}: cannot read the config file ({exc.strerror})")
+    if not isinstance(cfg, dict):
+        parser.error(f"-c {path}: a config file is a YAML mapping of flag names to values")
+    flags = vars(parser.parse_args([]))
+    cfg = {_CONFIG_ALIASES.get(k, k): v for k, v in cfg.items()}
+    for key, value in list(cfg.items()):
+        flag = "--" + str(key).replace("_", "-")
+        if flag in TIMM_FLAGS_NOT_SUPPORTED:
+            if value in (None, False, "", [], {}) or value == _UNSUPPORTED_DEFAULTS.get(key):
+                del cfg[key]  # written out at timm's default: not used
+            else:
+                _reject_unsupported(parser, flag, f" (key {key!r} of {path})")
+    unknown = sorted(k for k in cfg if k not in flags)
+    if unknown:
+        parser.error(f"config file {path} has keys that are not flags of timm-lap train: {unknown}")
+    return cfg
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, str]:
@@ -253,19 +426,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, s
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     for arg in argv:
-        flag = arg.split("=", 1)[0]
-        if flag in TIMM_FLAGS_NOT_SUPPORTED:
-            parser.error(f"{flag} is a timm train.py flag that timm-lap train does not support; drop it "
-                         "or use timm's own train.py (with `import timm_lap` for the *_lap models).")
+        _reject_unsupported(parser, arg.split("=", 1)[0])
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("-c", "--config", default="")
     known, _ = config_parser.parse_known_args(argv)
     if known.config:
-        with open(known.config) as f:
-            cfg = yaml.safe_load(f) or {}
-        unknown = sorted(k for k in cfg if k not in vars(parser.parse_args([])))
-        if unknown:
-            parser.error(f"config file {known.config} has keys that are not flags of timm-lap train: {unknown}")
+        cfg = _read_config(parser, known.config)
         parser.set_defaults(**cfg)
     args = parser.parse_args(argv)
     if args.data and not args.data_dir:

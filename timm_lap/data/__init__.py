@@ -2,13 +2,15 @@
 seeded class-balanced subsets, hold-outs and label noise.
 
 One job per module: :mod:`.arrays` (the in-memory dataset class and split names), :mod:`.digits`, :mod:`.idx`,
-:mod:`.factory` (``create_lap_dataset``), :mod:`.targets` (labels and class counts) and :mod:`.subsets`.
+:mod:`.factory` (``create_lap_dataset``), :mod:`.targets` (labels and class counts), :mod:`.subsets` and
+:mod:`.provenance` (``describe_sources``: the files a dataset was read from).
 The old module ``timm_lap.data.datasets`` is an alias of this package (see :mod:`timm_lap.compat`).
 """
 from .arrays import ArrayImageDataset
 from .digits import DIGIT_CLASSES, load_digits_dataset
 from .factory import create_lap_dataset
 from .idx import DEBIAN_FASHION_MNIST_DIR, DEBIAN_MNIST_DIR, FASHION_MNIST_CLASSES, load_idx_dataset, read_idx
+from .provenance import describe_sources
 from .subsets import BalancedSubset, class_balanced_subset, holdout_split, index_subset
 from .targets import dataset_num_classes, dataset_targets
 
@@ -23,6 +25,7 @@ __all__ = [
     "create_lap_dataset",
     "dataset_num_classes",
     "dataset_targets",
+    "describe_sources",
     "holdout_split",
     "index_subset",
     "load_digits_dataset",

@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import VisionDataset
 
+from .provenance import Source
+
 __all__ = ["EVAL_SPLITS", "TRAIN_SPLITS", "ArrayImageDataset", "is_train_split"]
 
 TRAIN_SPLITS = ("train", "training")
@@ -19,7 +21,8 @@ class ArrayImageDataset(VisionDataset):
     """Grayscale images held as one ``(N, H, W)`` uint8 array; each item is ``(PIL 'L' image, int target)``.
 
     ``transform``/``target_transform`` are read at every ``__getitem__``, so assigning them later (as timm's
-    ``create_loader`` does) takes effect.
+    ``create_loader`` does) takes effect. ``sources`` records the files the arrays were read from (see
+    :func:`timm_lap.data.provenance.describe_sources`).
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class ArrayImageDataset(VisionDataset):
         root: str = "",
         transform: Callable | None = None,
         target_transform: Callable | None = None,
+        sources: Sequence[Source] = (),
     ) -> None:
         super().__init__(root, transform=transform, target_transform=target_transform)
         images = np.ascontiguousarray(images)
@@ -42,6 +46,7 @@ class ArrayImageDataset(VisionDataset):
         self.data = images
         self.targets: list[int] = [int(t) for t in targets]
         self.classes: list[str] = list(classes)
+        self.sources: list[Source] = [dict(s) for s in sources]
 
     def __len__(self) -> int:
         return len(self.data)

@@ -1,5 +1,6 @@
 """``torch/mnist`` and ``torch/fashion_mnist``: read straight from the four IDX files (plain or gzip), looked up
-in the data folder, torchvision's ``<Name>/raw`` layout, or a Debian package's install folder.
+in the data folder given and torchvision's ``<Name>/raw`` layout under it, or, when no folder is given, in a
+Debian package's install folder. A folder given that lacks the files is an error, never a silent fallback.
 
 The Debian folders are module constants read at call time, so setting ``timm_lap.data.idx.DEBIAN_MNIST_DIR``
 (or monkeypatching it in a test) moves the fallback.
@@ -16,6 +17,7 @@ import numpy as np
 
 from .arrays import ArrayImageDataset, is_train_split
 from .digits import DIGIT_CLASSES
+from .provenance import Source, file_source
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
@@ -47,16 +49,12 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_maybe_gzip(path: str) -> bytes:
-    """File contents, gunzipped when the file starts with the gzip magic bytes (whatever its name)."""
-    with open(path, "rb") as f:
-        raw = f.read()
+def _gunzip_if_needed(raw: bytes) -> bytes:
+    """``raw`` gunzipped when it starts with the gzip magic bytes (whatever the file's name)."""
     return gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
 
 
-def read_idx(path: str) -> np.ndarray:
-    """Parse one IDX file (plain or gzip-compressed) into a numpy array of its stored shape."""
-    buf = _read_maybe_gzip(path)
+def _parse_idx(buf: bytes, path: str) -> np.ndarray:
     if len(buf) < 4 or buf[0] != 0 or buf[1] != 0 or buf[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {buf[:4]!r})")
     dtype, ndim = _IDX_DTYPES[buf[2]], buf[3]
@@ -71,6 +69,19 @@ def read_idx(path: str) -> np.ndarray:
             f"but the file holds {len(buf) - header} data bytes; the file is truncated or corrupt"
         )
     return np.frombuffer(buf, dtype=dtype, count=count, offset=header).reshape(dims)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Parse one IDX file (plain or gzip-compressed) into a numpy array of its stored shape."""
+    with open(path, "rb") as f:
+        return _parse_idx(_gunzip_if_needed(f.read()), path)
+
+
+def _read_idx_recorded(path: str, kind: str, split: str) -> tuple[np.ndarray, Source]:
+    """:func:`read_idx` of ``path`` and the record of the file (sha256 of the bytes as stored, read once)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    return _parse_idx(_gunzip_if_needed(raw), path), file_source(path, kind, raw, split=split)
 
 
 @dataclass(frozen=True)
@@ -112,14 +123,10 @@ def _find_file(directory: str, name: str) -> str | None:
 
 
 def _candidate_dirs(spec: _IdxSpec, root: str) -> list[str]:
-    """Folders searched in order: root, root/<Name>/raw, root/raw, then the Debian install folder."""
-    dirs = []
+    """Folders searched in order: root, root/<Name>/raw, root/raw when a root is given, else the Debian folder."""
     if root:
-        root = os.path.expanduser(root)
-        dirs += [root, os.path.join(root, spec.torchvision_name, "raw"), os.path.join(root, "raw")]
-    # the system folder is the fallback, also when root was given but holds nothing
-    dirs.append(globals()[spec.debian_attr])
-    return dirs
+        return [root, os.path.join(root, spec.torchvision_name, "raw"), os.path.join(root, "raw")]
+    return [globals()[spec.debian_attr]]
 
 
 def _locate_idx_files(spec: _IdxSpec, root: str, is_train: bool) -> tuple[tuple[str, str] | None, list[str]]:
@@ -133,17 +140,25 @@ def _locate_idx_files(spec: _IdxSpec, root: str, is_train: bool) -> tuple[tuple[
     return None, searched
 
 
-def _missing_idx_message(spec: _IdxSpec, split: str, searched: list[str], is_train: bool) -> str:
-    names = ", ".join(f"{n}[.gz]" for n in _idx_filenames(is_train))
-    folders = "\n".join(f"  - {d}" for d in searched)
-    hint = spec.install_hint.format(debian_dir=globals()[spec.debian_attr])
-    return (
-        f"{spec.title} {split!r} split not found. Searched these folders, in order:\n{folders}\n"
-        f"Expected files: {names}.\n"
-        f"To fix: {hint}or pass --data-dir pointing at a folder with the IDX files "
-        f"(or torchvision's {spec.torchvision_name}/raw layout under it), "
-        f"or pass --dataset-download with --data-dir to fetch them with torchvision."
-    )
+def _missing_idx_message(spec: _IdxSpec, root: str, split: str, searched: list[str], is_train: bool) -> str:
+    """One line: what was looked for where, and how to fix it."""
+    names = " and ".join(f"{n}[.gz]" for n in _idx_filenames(is_train))
+    debian_dir = globals()[spec.debian_attr]
+    install = spec.install_hint.format(debian_dir=debian_dir)
+    download = "add --dataset-download to fetch them there with torchvision"
+    layout = f"(or torchvision's {spec.torchvision_name}/raw layout under it)"
+    if not root:
+        return (f"{spec.title} {split!r} split not found: no {names} in the system folder {debian_dir}; to fix: "
+                f"{install + 'or ' if install else ''}pass --data-dir pointing at a folder holding the four IDX "
+                f"files {layout}, or --data-dir with --dataset-download to fetch them with torchvision")
+    fixes = [f"point --data-dir at a folder holding the four IDX files {layout}", download]
+    if os.path.isdir(debian_dir):
+        fixes.insert(0, f"drop --data-dir to use the system copy at {debian_dir}")
+    elif install:
+        fixes.insert(0, f"{install}then drop --data-dir")
+    where = (f"--data-dir {root} does not exist" if not os.path.exists(root)
+             else f"--data-dir {root} holds no {names} (searched {', '.join(searched)})")
+    return f"{spec.title} {split!r} split not found: {where}; to fix: {', or '.join(fixes)}"
 
 
 def _download_with_torchvision(key: str, root: str, is_train: bool) -> None:
@@ -152,25 +167,31 @@ def _download_with_torchvision(key: str, root: str, is_train: bool) -> None:
     from torchvision.datasets import MNIST, FashionMNIST
 
     cls = MNIST if key == "mnist" else FashionMNIST
-    cls(os.path.expanduser(root), train=is_train, download=True)  # writes <root>/<Name>/raw/*
+    cls(root, train=is_train, download=True)  # writes <root>/<Name>/raw/*
 
 
 def load_idx_dataset(key: str, root: str = "", split: str = "train", download: bool = False) -> ArrayImageDataset:
-    """MNIST (``key='mnist'``) or Fashion-MNIST (``key='fashion_mnist'``) read from the four IDX files."""
+    """MNIST (``key='mnist'``) or Fashion-MNIST (``key='fashion_mnist'``) read from the four IDX files.
+
+    Searched in ``root`` (and its torchvision layouts) when given, else in the Debian install folder; files not
+    found there are a one-line ``FileNotFoundError``. The dataset's ``sources`` hold the files' sha256."""
     if key not in _IDX_SPECS:
         raise ValueError(f"unknown IDX dataset {key!r}; expected one of {sorted(_IDX_SPECS)}")
     spec = _IDX_SPECS[key]
     is_train = is_train_split(split)
+    root = os.path.expanduser(root) if root else ""
     found, searched = _locate_idx_files(spec, root, is_train)
     if found is None and download:
         _download_with_torchvision(key, root, is_train)
         found, searched = _locate_idx_files(spec, root, is_train)
     if found is None:
-        raise FileNotFoundError(_missing_idx_message(spec, split, searched, is_train))
-    images, labels = read_idx(found[0]), read_idx(found[1])
+        raise FileNotFoundError(_missing_idx_message(spec, root, split, searched, is_train))
+    (images, image_source), (labels, label_source) = (
+        _read_idx_recorded(found[0], "idx-images", split), _read_idx_recorded(found[1], "idx-labels", split))
     if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(
             f"{found[0]} / {found[1]}: expected uint8 images (N, H, W) and N labels, "
             f"got images {images.dtype}{images.shape} and labels {labels.shape}"
         )
-    return ArrayImageDataset(images, labels.tolist(), spec.classes, root=os.path.dirname(found[0]))
+    return ArrayImageDataset(images, labels.tolist(), spec.classes, root=os.path.dirname(found[0]),
+                             sources=[image_source, label_source])

@@ -1,6 +1,6 @@
 """Training recipes shipped with the package: timm-style YAML configs for ``timm-lap train -c FILE``.
 
-    timm-lap train -c "$(python -m timm_lap.recipes resnet10t_digits)" --train-subset 300 --lap
+    timm-lap train -c "$(python -m timm_lap.recipes preact_flat9_digits)" --train-subset 300 --lap  # demo LAP run
 
 ``path(name)`` gives a recipe's file; ``flags(name)`` the same settings as command-line flags, for tools that
 build ``timm-lap train`` argument lists (``timm-lap compare`` presets).
