@@ -1,0 +1,477 @@
+"""Step-for-step traces of timm's own ``train.py`` and ``timm-lap train`` without ``--lap`` (issue 13, part 3).
+
+Both scripts train on the same small ImageFolder (scikit-learn's bundled digits as 32x32 PNGs, a fixed stratified
+split), with the same flags, in a fresh interpreter each. A trace is every loss handed to ``Tensor.backward`` (its
+full-precision float) plus summary.csv's per-epoch rows (the last one is the final evaluation).
+
+timm's ``train.py`` is not in the timm wheel and is never part of this repository: give the path of a copy with
+``--train-py`` or the environment variable ``TIMM_TRAIN_PY``; it is only run, in-process through ``runpy``.
+
+    python -m benchmarks.timm_traces data /tmp/digits_folder            # the ImageFolder tree
+    python -m benchmarks.timm_traces compare --train-py /tmp/timm_train/train.py            # all recipes
+    python -m benchmarks.timm_traces compare --train-py ... --recipes sgd_cosine --patch seed-once
+    python -m benchmarks.timm_traces compare --train-py ... --write-fixtures tests/fixtures/timm_traces \\
+        --train-py-version 1.0.29.dev0 --train-py-commit <sha>
+    python -m benchmarks.timm_traces record --script lap --recipe sgd_cosine --out lap.json   # one trace
+
+``--patch`` applies a named hypothesis to timm-lap (inside the recording process only; see ``PATCHES``), to test
+what a difference comes from. A patch is a diagnosis, not a fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import platform
+import runpy
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+__all__ = [
+    "TIMM_TRAIN_ENV",
+    "RECIPES",
+    "PATCHES",
+    "FIXTURE_DIR",
+    "export_digits",
+    "recipe_argv",
+    "record",
+    "compare_traces",
+    "environment",
+    "main",
+]
+
+TIMM_TRAIN_ENV = "TIMM_TRAIN_PY"
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE_DIR = os.path.join(os.path.dirname(HERE), "tests", "fixtures", "timm_traces")
+TRAIN_PER_CLASS, VAL_PER_CLASS = 30, 20  # 300 training / 200 validation images
+IMAGE_SIZE = 32
+THREADS = 1  # intra-op threads of a recording: the reduction order, hence the bits, depends on it
+
+# Flags every recipe shares; {data_dir}, {output} and {experiment} are filled in by recipe_argv.
+COMMON = (
+    "--data-dir {data_dir} --output {output} --experiment {experiment} --model resnet10t --num-classes 10 "
+    "--input-size 3 32 32 -b 32 --epochs 3 --warmup-epochs 1 --seed 0 --workers 0 --device cpu "
+    "--log-interval 1000"
+)
+RECIPES: dict[str, str] = {
+    # (a) plain SGD + cosine, timm's defaults otherwise (label smoothing 0.1, random-resized crop, flip, jitter).
+    "sgd_cosine": "--opt sgd --sched cosine --lr 0.05",
+    # (b) "ResNet strikes back" A3-like: BCE, mixup + cutmix, LAMB, RandAugment, no label smoothing.
+    "rsb_bce_mixup_lamb": (
+        "--opt lamb --lr 5e-3 --weight-decay 0.02 --sched cosine --bce-loss --bce-target-thresh 0.2 "
+        "--mixup 0.1 --cutmix 1.0 --smoothing 0.0 --aa rand-m6-mstd0.5-inc1"
+    ),
+    # (c) EMA + bfloat16 autocast + gradient accumulation.
+    "ema_bf16_accum": (
+        "--opt sgd --sched cosine --lr 0.05 --model-ema --model-ema-decay 0.9 --amp --amp-dtype bfloat16 "
+        "--grad-accum-steps 2"
+    ),
+}
+# Added to both scripts' flags by --no-prefetcher-both (timm turns its prefetching loader on on any device).
+NO_PREFETCHER = "--no-prefetcher"
+SUMMARY_KEYS = ("train_loss", "eval_loss", "eval_top1", "eval_top5", "lr")
+
+
+# ------------------------------------------------------------------------------------------------- the data set
+def export_digits(root: str, train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS) -> str:
+    """Write scikit-learn's digits as ``root/train/<class>/<index>.png`` and ``root/validation/<class>/...``.
+
+    The split is fixed and stratified without randomness: per class, the first ``train_per_class`` images in the
+    data set's order train and the next ``val_per_class`` validate. Each 8x8 image (values 0-16) becomes 8-bit grey
+    (round(v * 255 / 16)) enlarged 4x by pixel repetition to 32x32. An existing complete tree is kept.
+    """
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    marker = os.path.join(root, f"DIGITS_{train_per_class}_{val_per_class}_{IMAGE_SIZE}.done")
+    if os.path.exists(marker):
+        return root
+    digits = load_digits()
+    scale = IMAGE_SIZE // 8
+    counts: dict[int, int] = {}
+    for index, (image, label) in enumerate(zip(digits.images, digits.target)):
+        label = int(label)
+        seen = counts.get(label, 0)
+        if seen >= train_per_class + val_per_class:
+            continue
+        counts[label] = seen + 1
+        split = "train" if seen < train_per_class else "validation"
+        folder = os.path.join(root, split, str(label))
+        os.makedirs(folder, exist_ok=True)
+        grey = np.rint(image * (255.0 / 16.0)).astype(np.uint8)
+        big = np.kron(grey, np.ones((scale, scale), dtype=np.uint8))
+        Image.fromarray(big, mode="L").save(os.path.join(folder, f"{index:04d}.png"))
+    with open(marker, "w") as f:
+        f.write(json.dumps(counts, sort_keys=True))
+    return root
+
+
+# ------------------------------------------------------------------------------------------------- recipes
+def recipe_argv(recipe: str, data_dir: str, output: str, experiment: str, extra: Sequence[str] = ()) -> list[str]:
+    """The flags of ``recipe`` (shared by both scripts) for one run writing ``output/experiment/summary.csv``."""
+    common = [part.format(data_dir=data_dir, output=output, experiment=experiment) for part in shlex.split(COMMON)]
+    return common + shlex.split(RECIPES[recipe]) + list(extra)
+
+
+def recipe_command(recipe: str, extra: Sequence[str] = ()) -> str:
+    """The recipe's flags as one line, with placeholders for the data and output folders."""
+    return shlex.join(recipe_argv(recipe, "DATA_DIR", "OUTPUT", recipe, extra))
+
+
+# ------------------------------------------------------------------------------------------------- hypotheses
+@contextlib.contextmanager
+def _seed_once() -> Iterator[None]:
+    """timm seeds once, before the model is built; timm-lap also reseeds at the start of every epoch
+    (``_prepare_epoch``: ``random_seed(seed + epoch)``). This makes that call do nothing."""
+    from timm_lap.cli import train as T
+
+    original = T._prepare_epoch
+
+    def prepare_epoch(config: Any, objects: Any, epoch: int) -> None:
+        seed = T.random_seed
+        T.random_seed = lambda *args, **kwargs: None
+        try:
+            original(config, objects, epoch)
+        finally:
+            T.random_seed = seed
+
+    T._prepare_epoch = prepare_epoch
+    try:
+        yield
+    finally:
+        T._prepare_epoch = original
+
+
+@contextlib.contextmanager
+def _eval_loss_in_autocast() -> Iterator[None]:
+    """timm's validate() computes the loss of the raw (autocast) output inside autocast; timm-lap's casts the
+    output to float32 outside it. This runs timm-lap's validation loss inside autocast on the raw output."""
+    from timm_lap.cli import train as T
+
+    original = T.validate
+
+    def validate(config: Any, model: Any, loader: Any, loss_fn: Any, amp_autocast: Any, desc: str = "eval") -> Any:
+        class _InAutocast:
+            def __call__(self, output: Any, target: Any) -> Any:
+                with amp_autocast():
+                    return loss_fn(output, target)
+
+        return original(config, model, loader, _InAutocast(), amp_autocast, desc)
+
+    T.validate = validate
+    try:
+        yield
+    finally:
+        T.validate = original
+
+
+PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+    "seed-once": _seed_once,
+    "eval-loss-in-autocast": _eval_loss_in_autocast,
+}
+
+
+# ------------------------------------------------------------------------------------------------- recording
+@contextlib.contextmanager
+def _record_backward(losses: list[float]) -> Iterator[None]:
+    """Append ``float(self)`` of every tensor handed to ``Tensor.backward`` to ``losses``."""
+    import torch
+
+    original = torch.Tensor.backward
+
+    def backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.numel() == 1:
+            losses.append(float(self.detach()))
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.backward = backward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.backward = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _argv(argv: Sequence[str]) -> Iterator[None]:
+    saved = sys.argv
+    sys.argv = list(argv)
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _read_summary(path: str) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: float(row[k]) for k in ("epoch", *SUMMARY_KEYS) if row.get(k) not in (None, "")} for row in rows]
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def environment() -> dict[str, Any]:
+    """What the bits of a CPU trace depend on beyond the flags."""
+    import timm
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def record(
+    script: str,
+    argv: Sequence[str],
+    output_dir: str,
+    train_py: str | None = None,
+    patches: Sequence[str] = (),
+    threads: int = THREADS,
+) -> dict[str, Any]:
+    """Run ``script`` ('timm': timm's train.py at ``train_py``, through runpy; 'lap': ``timm-lap train``) with the
+    flags ``argv`` (which must write ``output_dir/summary.csv``) in this process; return its trace."""
+    import torch
+
+    torch.set_num_threads(threads)
+    losses: list[float] = []
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        for name in patches:
+            if script != "lap":
+                raise ValueError(f"--patch {name}: the hypotheses patch timm-lap only")
+            stack.enter_context(PATCHES[name]())
+        stack.enter_context(_record_backward(losses))
+        if script == "timm":
+            if not train_py:
+                raise ValueError(f"timm's train.py: give --train-py or set {TIMM_TRAIN_ENV}")
+            stack.enter_context(_argv([train_py, *argv]))
+            runpy.run_path(train_py, run_name="__main__")
+        elif script == "lap":
+            from timm_lap.cli.train import main as lap_main
+
+            lap_main(list(argv))
+        else:
+            raise ValueError(f"unknown script {script!r}: 'timm' or 'lap'")
+    summary = _read_summary(os.path.join(output_dir, "summary.csv"))
+    return {
+        "script": script,
+        "patches": list(patches),
+        "losses": losses,
+        "summary": summary,
+        "final_eval": {k: summary[-1][k] for k in ("eval_loss", "eval_top1", "eval_top5") if k in summary[-1]},
+        "seconds": round(time.perf_counter() - started, 1),
+        "env": environment(),
+    }
+
+
+def record_in_subprocess(
+    script: str,
+    recipe: str,
+    data_dir: str,
+    work_dir: str,
+    train_py: str | None,
+    patches: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """:func:`record` of one recipe in a fresh interpreter (no state shared between the two scripts' runs)."""
+    tag = "-".join([script, recipe, *patches, *(["x"] if extra else [])])
+    out = os.path.join(work_dir, f"{tag}.json")
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.timm_traces",
+        "record",
+        "--script",
+        script,
+        "--recipe",
+        recipe,
+        "--data-dir",
+        data_dir,
+        "--work-dir",
+        work_dir,
+        "--out",
+        out,
+        *(["--train-py", train_py] if train_py else []),
+        *[a for p in patches for a in ("--patch", p)],
+        *[f"--extra={e}" for e in extra],
+    ]
+    done = subprocess.run(cmd, cwd=os.path.dirname(HERE), capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"script": script, "error": (done.stderr or done.stdout)[-2000:]}
+    with open(out) as f:
+        return dict(json.load(f))
+
+
+# ------------------------------------------------------------------------------------------------- comparing
+def compare_traces(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Step-by-step comparison: steps, bitwise equality, the first differing step, the largest loss difference, and
+    the largest difference of the summary rows."""
+    a, b = reference.get("losses", []), other.get("losses", [])
+    diffs = [abs(x - y) for x, y in zip(a, b)]
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    rows = list(zip(reference.get("summary", []), other.get("summary", [])))
+    summary_diff = {
+        k: max((abs(r[k] - o[k]) for r, o in rows if k in r and k in o), default=None) for k in SUMMARY_KEYS
+    }
+    return {
+        "steps": (len(a), len(b)),
+        "bitwise": a == b and len(a) > 0,
+        "first_diff_step": first,
+        "max_abs_diff": max(diffs, default=None),
+        "step0_diff": diffs[0] if diffs else None,
+        "summary_max_abs_diff": summary_diff,
+    }
+
+
+def _fixture(
+    recipe: str,
+    timm_trace: dict[str, Any],
+    lap_trace: dict[str, Any] | None,
+    extra: Sequence[str],
+    train_py: str,
+    version: str | None,
+    commit: str | None,
+) -> dict[str, Any]:
+    comparison = compare_traces(timm_trace, lap_trace) if lap_trace and "losses" in lap_trace else None
+    return {
+        "recipe": recipe,
+        "command": "timm-lap train " + recipe_command(recipe, extra),
+        "timm_command": "python train.py " + recipe_command(recipe, extra),
+        "data": f"python -m benchmarks.timm_traces data DATA_DIR (sklearn digits, {TRAIN_PER_CLASS}/{VAL_PER_CLASS} "
+        f"per class, {IMAGE_SIZE}x{IMAGE_SIZE} PNG)",
+        "timm_version": timm_trace["env"]["timm"],
+        "train_py": {"version": version, "commit": commit, "sha256": _file_sha256(train_py)},
+        "env": timm_trace["env"],
+        "losses": timm_trace["losses"],
+        "summary": timm_trace["summary"],
+        "final_eval": timm_trace["final_eval"],
+        "timm_lap_at_recording": None
+        if comparison is None
+        else {
+            "bitwise": comparison["bitwise"],
+            "first_diff_step": comparison["first_diff_step"],
+            "max_abs_diff": comparison["max_abs_diff"],
+        },
+    }
+
+
+def _print_comparison(recipe: str, label: str, result: dict[str, Any]) -> None:
+    s = result["summary_max_abs_diff"]
+    print(
+        f"{recipe:22s} {label:28s} steps {result['steps']}, bitwise {result['bitwise']}, first diff step "
+        f"{result['first_diff_step']}, step-0 diff {result['step0_diff']}, max |dloss| {result['max_abs_diff']}, "
+        f"max |d eval_top1| {s['eval_top1']}, |d eval_loss| {s['eval_loss']}"
+    )
+
+
+def compare(args: argparse.Namespace) -> int:
+    train_py = args.train_py or os.environ.get(TIMM_TRAIN_ENV)
+    if not train_py or not os.path.isfile(train_py):
+        print(f"timm's train.py not found: give --train-py or set {TIMM_TRAIN_ENV}", file=sys.stderr)
+        return 2
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="timm_traces-")
+    data_dir = export_digits(args.data_dir or os.path.join(work_dir, "digits"))
+    extra = [NO_PREFETCHER] if args.no_prefetcher_both else []
+    for recipe in args.recipes:
+        timm_trace = record_in_subprocess("timm", recipe, data_dir, work_dir, train_py, extra=extra)
+        if "error" in timm_trace:
+            print(f"{recipe}: timm's train.py failed:\n{timm_trace['error']}")
+            continue
+        lap_trace = None
+        for patches in [[], *([args.patch] if args.patch else [])]:
+            trace = record_in_subprocess("lap", recipe, data_dir, work_dir, None, patches, extra=extra)
+            label = "timm-lap" + "".join(f" +{p}" for p in patches)
+            if "error" in trace:
+                print(f"{recipe:22s} {label:28s} failed: {trace['error'].strip().splitlines()[-1]}")
+                continue
+            lap_trace = lap_trace or trace
+            _print_comparison(recipe, label, compare_traces(timm_trace, trace))
+        if args.write_fixtures:
+            os.makedirs(args.write_fixtures, exist_ok=True)
+            fixture = _fixture(
+                recipe, timm_trace, lap_trace, extra, train_py, args.train_py_version, args.train_py_commit
+            )
+            with open(os.path.join(args.write_fixtures, f"{recipe}.json"), "w") as f:
+                json.dump(fixture, f, indent=1)
+                f.write("\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.timm_traces", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data", help="write the digits ImageFolder tree")
+    d.add_argument("root")
+    r = sub.add_parser("record", help="one trace, in this process")
+    r.add_argument("--script", choices=("timm", "lap"), required=True)
+    r.add_argument("--recipe", choices=sorted(RECIPES), required=True)
+    r.add_argument("--out", required=True, help="trace JSON file")
+    c = sub.add_parser("compare", help="both scripts, each recipe, each in a fresh interpreter")
+    c.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
+    c.add_argument(
+        "--no-prefetcher-both",
+        action="store_true",
+        help=f"add {NO_PREFETCHER} to both scripts' flags (timm's prefetcher is on on any device)",
+    )
+    c.add_argument("--write-fixtures", default=None, metavar="DIR", help="write <recipe>.json fixtures there")
+    c.add_argument("--train-py-version", default=None, help="timm version of the train.py copy (for the fixture)")
+    c.add_argument("--train-py-commit", default=None, help="git commit of the train.py copy (for the fixture)")
+    for q in (r, c):
+        q.add_argument("--train-py", default=None, help=f"timm's train.py (default: ${TIMM_TRAIN_ENV})")
+        q.add_argument("--data-dir", default=None, help="the digits ImageFolder (written there when missing)")
+        q.add_argument("--work-dir", default=None, help="run folders and traces (default: a new temporary folder)")
+        q.add_argument(
+            "--patch",
+            action="append",
+            default=[],
+            choices=sorted(PATCHES),
+            help="hypothesis applied to timm-lap (repeatable)",
+        )
+    r.add_argument("--extra", action="append", default=[], help="a flag added to the recipe's (repeatable)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "data":
+        print(export_digits(args.root))
+        return 0
+    if args.command == "compare":
+        return compare(args)
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="timm_traces-")
+    data_dir = export_digits(args.data_dir or os.path.join(work_dir, "digits"))
+    experiment = "-".join([args.script, args.recipe, *args.patch, *(["x"] if args.extra else [])])
+    out_root = os.path.join(work_dir, "runs")
+    argv_ = recipe_argv(args.recipe, data_dir, out_root, experiment, args.extra)
+    run_dir = os.path.join(out_root, experiment)
+    if os.path.isdir(run_dir):  # timm's get_outdir would add a suffix: start clean
+        import shutil
+
+        shutil.rmtree(run_dir)
+    trace = record(args.script, argv_, run_dir, args.train_py or os.environ.get(TIMM_TRAIN_ENV), args.patch)
+    trace["recipe"], trace["argv"] = args.recipe, argv_
+    with open(args.out, "w") as f:
+        json.dump(trace, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
