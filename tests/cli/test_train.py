@@ -329,3 +329,38 @@ def test_train_result_keeps_the_dict_access_of_0_1(tmp_path):
     with pytest.raises(KeyError):
         result["no_such_key"]
 
+
+
+def test_args_yaml_records_the_files_read_and_still_loads_with_c(tmp_path, caplog):
+    import yaml
+
+    with caplog.at_level("INFO"):
+        result = _run(tmp_path, "prov", "--epochs", "1", "--train-batches-per-epoch", "1")
+    args_yaml = Path(result.output_dir) / "args.yaml"
+    recorded = yaml.safe_load(args_yaml.read_text())["data_sources"]
+    assert set(recorded) == {"train", "eval"}
+    (train_source,) = recorded["train"]
+    assert train_source["path"].endswith("digits.csv.gz") and os.path.isfile(train_source["path"])
+    import hashlib
+    assert train_source["sha256"] == hashlib.sha256(Path(train_source["path"]).read_bytes()).hexdigest()
+    assert train_source["bytes"] == Path(train_source["path"]).stat().st_size
+    assert f"data (train): sklearn-bundled {train_source['path']}" in caplog.text  # also in the run log
+    args, _ = parse_args(["-c", str(args_yaml)])  # a recorded run's args.yaml is still a recipe
+    assert args.dataset == "sklearn/digits" and args.train_subset == 120
+
+
+def test_pretrained_path_loads_a_local_file_and_drops_its_classifier(tmp_path):
+    import timm
+
+    from timm_lap.cli.train import _build_model
+
+    source = timm.create_model("resnet10t", num_classes=7)
+    weights = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), weights)
+    args, _ = parse_args([*DIGITS, "--pretrained-path", str(weights)])
+    model = _build_model(args, num_classes=10, in_chans=3, lap=False)
+    assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)  # the file's weights, not a new init
+    assert model.get_classifier().out_features == 10  # the 7-class head of the file was dropped, as in timm
+    args, _ = parse_args([*DIGITS, "--pretrained-path", str(tmp_path / "missing.pth")])
+    with pytest.raises(ValueError, match="no such file"):
+        _build_model(args, num_classes=10, in_chans=3, lap=False)

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn as nn
+import yaml
 from timm.data import AugMixDataset, Mixup, create_loader, resolve_data_config
 from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
 from timm.models import model_parameters, resume_checkpoint, safe_model_name
@@ -61,8 +62,8 @@ from ..loss import LeastActionLoss
 from ..models import LAP_SUFFIX
 from ..multiplier import MultiplierScheduler
 from ..tracker import DisplacementTracker, get_tracker, track
-from .build import Loader, build_model, create_dataset, eval_loader, read_checkpoint
-from .train_args import parse_args
+from .build import Loader, build_model, create_dataset, describe_sources, eval_loader, read_checkpoint
+from .train_args import DATA_SOURCES_KEY, parse_args
 
 __all__ = ["main", "train", "resolve_config", "build_objects", "run_epochs", "TrainConfig", "TrainingObjects",
            "TrainResult", "TrainingInterrupted", "SUMMARY_COLUMNS", "latest_checkpoint", "resume_command"]
@@ -363,11 +364,11 @@ def scale_initial_weights(model: nn.Module, gain: float) -> nn.Module:
 
 def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """timm ``create_model`` keyword arguments of the flags (timm drops the ones left None)."""
-    kwargs = dict(pretrained=args.pretrained, drop_rate=args.drop, drop_path_rate=args.drop_path,
-                  drop_block_rate=args.drop_block, global_pool=args.gp, bn_momentum=args.bn_momentum,
-                  bn_eps=args.bn_eps, scriptable=args.torchscript or None)
-    if args.pretrained_path:  # a local file wins over the hub; num_classes=-1 makes timm adapt the classifier
-        kwargs["pretrained_cfg_overlay"] = dict(file=args.pretrained_path, num_classes=-1)
+    kwargs = dict(drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,
+                  global_pool=args.gp, bn_momentum=args.bn_momentum, bn_eps=args.bn_eps,
+                  scriptable=args.torchscript or None)
+    if args.pretrained_path:  # as timm's train.py: num_classes=-1 always drops the file's classifier
+        kwargs["pretrained_cfg_overlay"] = dict(num_classes=-1)
     return kwargs | args.model_kwargs
 
 
@@ -390,7 +391,7 @@ def _build_model(args: argparse.Namespace, num_classes: int, in_chans: int, lap:
     if args.model.endswith(LAP_SUFFIX):
         kwargs.update(lap_p=args.lap_p, lap_blocks=args.lap_blocks, lap_sample=args.lap_sample)
     model = build_model(args.model, in_chans, num_classes, weights=args.initial_checkpoint, flag="--initial-checkpoint",
-                        model_kwargs=kwargs)
+                        model_kwargs=kwargs, pretrained=args.pretrained, pretrained_file=args.pretrained_path)
     if args.init_gain != 1.0:
         scale_initial_weights(model, args.init_gain)
     _init_head(model, args.head_init_scale, args.head_init_bias)
@@ -992,6 +993,19 @@ def resume_command(argv: Sequence[str], checkpoint: str) -> str:
     return shlex.join(["timm-lap", "train", *kept])
 
 
+def _sources_yaml(config: TrainConfig, train_set: Any, eval_set: Any) -> str:
+    """The files both datasets were read from, as an args.yaml key (``-c`` skips it), also written to the log."""
+    if not config.primary:
+        return ""
+    sources = {"train": describe_sources(train_set), "eval": describe_sources(eval_set)}
+    for split, records in sources.items():
+        for record in records:
+            digest = f", sha256 {str(record['sha256'])[:12]}" if record.get("sha256") else ""
+            _logger.info(f"data ({split}): {record['kind']} {record['path']}, {record['files']} file(s), "
+                         f"{record['bytes']} bytes{digest}")
+    return yaml.safe_dump({DATA_SOURCES_KEY: sources}, default_flow_style=False, sort_keys=False)
+
+
 def train(args: argparse.Namespace, args_text: str = "", stop_after_epochs: int | None = None,
           plot: bool = True) -> TrainResult:
     """Run training with the flags ``args`` (as :func:`~timm_lap.cli.train_args.parse_args` returns them; not
@@ -1004,7 +1018,7 @@ def train(args: argparse.Namespace, args_text: str = "", stop_after_epochs: int 
     placement = _start_process(args)
     train_set, eval_set = _build_datasets(args)
     config = resolve_config(args, placement, train_set)
-    objects = build_objects(config, train_set, eval_set, args_text)
+    objects = build_objects(config, train_set, eval_set, args_text + _sources_yaml(config, train_set, eval_set))
     try:
         return run_epochs(config, objects, stop_after_epochs, plot)
     except KeyboardInterrupt:

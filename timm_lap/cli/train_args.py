@@ -12,7 +12,7 @@ import yaml
 
 from .parsing import CliParser
 
-__all__ = ["build_parser", "parse_args", "available_cores", "TIMM_FLAGS_NOT_SUPPORTED"]
+__all__ = ["build_parser", "parse_args", "available_cores", "TIMM_FLAGS_NOT_SUPPORTED", "DATA_SOURCES_KEY"]
 
 # timm train.py flags timm-lap train does not implement, each with the reason the error gives.
 _KD = ("knowledge distillation runs through timm's distillation task objects, which own the forward pass and the "
@@ -387,6 +387,8 @@ _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The key under which timm-lap train records the files it read (args.yaml); a record, not a flag.
+DATA_SOURCES_KEY = "data_sources"
 _CONFIG_ALIASES = {"val_interval": "eval_interval", "train_steps_per_epoch": "train_batches_per_epoch"}
 
 
@@ -407,7 +409,7 @@ def _read_config(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         parser.error(f"-c {path}: a config file is a YAML mapping of flag names to values")
     flags = vars(parser.parse_args([]))
-    cfg = {_CONFIG_ALIASES.get(k, k): v for k, v in cfg.items()}
+    cfg = {_CONFIG_ALIASES.get(k, k): v for k, v in cfg.items() if k != DATA_SOURCES_KEY}
     for key, value in list(cfg.items()):
         flag = "--" + str(key).replace("_", "-")
         if flag in TIMM_FLAGS_NOT_SUPPORTED:
