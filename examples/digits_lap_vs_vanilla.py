@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,10 @@ def train(lap: bool, train_data: Tensors, test_data: Tensors, args: argparse.Nam
     keys = ("task_loss", "transport", "test_acc", "test_transport", "lam")
     history: dict[str, list[float]] = {key: [] for key in keys}
     train_time = 0.0
-    progress = tqdm(total=args.epochs * len(loader), desc=name, leave=False)
-    for _ in range(args.epochs):
+    # A bar on a terminal; into a file or pipe (CI, nohup, notebooks) one plain line per epoch instead.
+    interactive = sys.stderr.isatty()
+    progress = tqdm(total=args.epochs * len(loader), desc=name, leave=False, disable=not interactive)
+    for epoch in range(args.epochs):
         model.train()
         start = time.perf_counter()
         task_sum, transport_sum, n = 0.0, 0.0, 0
@@ -154,6 +157,9 @@ def train(lap: bool, train_data: Tensors, test_data: Tensors, args: argparse.Nam
         history["test_transport"].append(test_transport)
         history["lam"].append(multiplier.lam.item() if multiplier is not None else math.nan)
         progress.set_postfix(loss=f"{task_sum / n:.3f}", acc=f"{acc:.3f}")
+        if not interactive:
+            print(f"{name:<8} epoch {epoch + 1}/{args.epochs}: task loss {task_sum / n:.4f}, test accuracy {acc:.4f}",
+                  flush=True)
     progress.close()
 
     return {

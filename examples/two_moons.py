@@ -15,6 +15,7 @@ transport efficiency (1 = straight, evenly paced optimal-transport paths).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,17 @@ def train(lap: bool, data: Tensors, args: argparse.Namespace) -> tuple[PlaneResN
     x, y = data
     start = time.perf_counter()
     model.train()
-    for _ in tqdm(range(args.steps), desc="lap" if lap else "vanilla", leave=False, disable=None):
+    # A bar on a terminal; into a file or pipe (CI, nohup, notebooks) ten plain lines instead.
+    interactive = sys.stderr.isatty()
+    name = "lap" if lap else "vanilla"
+    report_every = max(1, args.steps // 10)
+    for step in tqdm(range(args.steps), desc=name, leave=False, disable=not interactive):
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
+        if not interactive and ((step + 1) % report_every == 0 or step + 1 == args.steps):
+            print(f"{name:<8} step {step + 1}/{args.steps}: loss {loss.item():.4f}", flush=True)
     elapsed = time.perf_counter() - start
     return model, (multiplier.lam.item() if multiplier is not None else None), elapsed
 

@@ -40,3 +40,24 @@ def test_digits_lap_vs_vanilla_quick(tmp_path: Path, capsys: pytest.CaptureFixtu
     printed = capsys.readouterr().out
     assert "vanilla" in printed and "lap" in printed
     assert str(out) in printed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, unit, count", [("digits_lap_vs_vanilla", "epoch", 4), ("two_moons", "step", 10)])
+def test_examples_into_a_file_print_plain_progress_lines(tmp_path: Path, name: str, unit: str, count: int) -> None:
+    """Output to a file or pipe (CI, nohup): one plain line per epoch (ten for the full-batch example), no
+    carriage returns from progress bars."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--out", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "\r" not in done.stdout + done.stderr
+    for run in ("vanilla", "lap"):
+        lines = re.findall(rf"^{run}\s+{unit} (\d+)/(\d+): ", done.stdout, re.M)
+        assert len(lines) == count, done.stdout
+        assert lines[-1][0] == lines[-1][1]  # the last line is the end of the run
