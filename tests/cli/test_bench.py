@@ -188,3 +188,32 @@ def test_paper_specs_are_the_papers_shapes():
     assert len(find_blocks(flat_model)[0]) == 9 and flat_model.num_features == 16
     assert len(find_blocks(deep_model)[0]) == 27
     assert flat_model(torch.randn(2, *flat.input_shape)).shape == (2, 10)
+
+
+def _report(naive_min: float, naive_max: float) -> dict:
+    def times(median, lo, hi):
+        return {"median": median, "min": lo, "max": hi}
+
+    return {"results": [{
+        "model": "resnet18", "time_s": {"vanilla": times(0.19, 0.185, 0.2), "timm_lap": times(0.2, 0.195, 0.21),
+                                        "naive": times(1.2, naive_min, naive_max)},
+        "time_ratio": {"vanilla": 1.0, "timm_lap": 1.05, "naive": 6.3},
+        "us_per_block": {"timm_lap": 1250.0, "naive": 126250.0},
+        "saved_bytes_ratio": {"vanilla": 1.0, "timm_lap": 1.0, "naive": 1.31}}]}
+
+
+def test_table_columns_line_up_whatever_the_widths_and_a_wide_spread_is_flagged():
+    from timm_lap.cli.bench import format_table
+
+    text = format_table(_report(0.19, 1.738))
+    header, rule, *rows = text.splitlines()
+    rows = [r for r in rows if r.startswith("resnet18")]
+    assert [r.split()[1] for r in rows] == ["vanilla", "timm_lap", "naive"]
+    # every column ends at the header's column end: right-aligned numbers line up under their titles
+    for title in ("x vanilla", "us/block", "saved x"):
+        end = header.index(title) + len(title)
+        for row in rows[1:] if title == "us/block" else rows:  # vanilla has no us/block
+            assert row[end - 1] != " " and (end == len(row) or row[end] == " "), (title, row)
+    warnings = [line for line in text.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "resnet18 naive" in warnings[0] and "190.000-1738.000 ms" in warnings[0]
+    assert not [line for line in format_table(_report(1.15, 1.25)).splitlines() if line.startswith("warning:")]

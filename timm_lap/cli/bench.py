@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import platform
 import statistics
 import sys
@@ -360,25 +361,49 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return {"env": env, "results": results}
 
 
-def format_table(report: dict) -> str:
+SPREAD_WARNING = 0.25  # (max - min) / median of a variant's step times above which its ratio is flagged
+
+
+def timing_spread(t: dict) -> float:
+    """``(max - min) / median`` of one variant's step times (``result['time_s'][variant]``)."""
+    return (t["max"] - t["min"]) / t["median"] if t["median"] > 0 else math.inf
+
+
+def spread_warnings(report: dict, limit: float = SPREAD_WARNING) -> list[str]:
+    """One line per model and variant whose timing spread exceeds ``limit``: its ratio is not to be trusted."""
     lines = []
-    header = (f"{'model':30s} {'variant':18s} {'time ms (median [min-max])':>28s} {'x vanilla':>9s} "
-              f"{'us/block':>8s} {'saved x':>8s} {'peak x':>7s}")
-    lines.append(header)
-    lines.append("-" * len(header))
     for r in report["results"]:
         for name, t in r["time_s"].items():
-            span = f"{t['median'] * 1e3:8.3f} [{t['min'] * 1e3:.3f}-{t['max'] * 1e3:.3f}]"
+            spread = timing_spread(t)
+            if spread > limit:
+                lines.append(f"warning: {r['model']} {name}: step times spread {t['min'] * 1e3:.3f}-"
+                             f"{t['max'] * 1e3:.3f} ms ({spread:.0%} of the median), so its ratio is unreliable; "
+                             "rerun on a quieter machine or with more --repeats")
+    return lines
+
+
+def format_table(report: dict) -> str:
+    """The results as an aligned table (columns sized to their widest cell), then any spread warnings."""
+    header = ["model", "variant", "time ms (median [min-max])", "x vanilla", "us/block", "saved x", "peak x"]
+    rows = []
+    for r in report["results"]:
+        for name, t in r["time_s"].items():
+            per_block = r.get("us_per_block", {}).get(name)
             saved = r.get("saved_bytes_ratio", {}).get(name)
             peak = r.get("peak_memory_ratio", {}).get(name)
-            per_block = r.get("us_per_block", {}).get(name)
-            lines.append(
-                f"{r['model']:30s} {name:18s} {span:>28s} {r['time_ratio'][name]:9.3f} "
-                f"{'' if per_block is None else f'{per_block:8.1f}':>8s} "
-                f"{'' if saved is None else f'{saved:8.3f}':>8s} {'' if peak is None else f'{peak:7.3f}':>7s}"
-            )
+            rows.append([
+                r["model"], name, f"{t['median'] * 1e3:.3f} [{t['min'] * 1e3:.3f}-{t['max'] * 1e3:.3f}]",
+                f"{r['time_ratio'][name]:.3f}", "" if per_block is None else f"{per_block:.1f}",
+                "" if saved is None else f"{saved:.3f}", "" if peak is None else f"{peak:.3f}",
+            ])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:  # text columns left-aligned, numbers right-aligned
+        return " ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    lines = [line(header), "-" * (sum(widths) + len(widths) - 1), *map(line, rows)]
     lines.append("us/block: (variant - vanilla) median step time / tracked blocks, fixed per-step costs included")
-    return "\n".join(lines)
+    return "\n".join(lines + spread_warnings(report))
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
