@@ -364,3 +364,17 @@ def test_pretrained_path_loads_a_local_file_and_drops_its_classifier(tmp_path):
     args, _ = parse_args([*DIGITS, "--pretrained-path", str(tmp_path / "missing.pth")])
     with pytest.raises(ValueError, match="no such file"):
         _build_model(args, num_classes=10, in_chans=3, lap=False)
+
+
+@pytest.mark.parametrize("flags, size", [
+    ([], [1, 32, 32]),                        # the dataset's own size and channels
+    (["--img-size", "48"], [1, 48, 48]),      # a recipe's --img-size keeps the dataset's single channel
+    (["--in-chans", "3"], None),              # the user's channels: timm resolves the size from the model
+])
+def test_small_dataset_input_defaults_keep_one_channel_at_any_img_size(flags, size):
+    from timm_lap.cli.train import dataset_input_defaults
+
+    args, _ = parse_args(["--dataset", "sklearn/digits", "--model", "resnet10t", *flags])
+    input_size, mean, std = dataset_input_defaults(args)
+    assert input_size == size
+    assert (mean, std) == (([0.5], [0.5]) if size else (None, None))

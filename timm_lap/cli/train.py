@@ -201,8 +201,9 @@ def dataset_input_defaults(args: argparse.Namespace) -> tuple[list[int] | None, 
     defaults = DATASET_INPUT_DEFAULTS.get(args.dataset)
     if not defaults:
         return input_size, mean, std
-    if input_size is None and args.img_size is None and args.in_chans is None:
-        input_size = list(defaults["input_size"])
+    if input_size is None and args.in_chans is None:  # the dataset's channels, at --img-size when given
+        chans, height, width = defaults["input_size"]
+        input_size = [chans, height, width] if args.img_size is None else [chans, args.img_size, args.img_size]
     chans = input_size[0] if input_size else (args.in_chans or defaults["input_size"][0])
     if mean is None and chans == 1:
         mean = list(defaults["mean"])
