@@ -513,6 +513,7 @@ def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any,
         std=data_config["std"], num_workers=args.workers, distributed=config.distributed, pin_memory=args.pin_mem,
         img_dtype=config.model_dtype or torch.float32, device=device, use_prefetcher=config.prefetcher,
         persistent_workers=False, worker_seeding=args.worker_seeding,
+        collate_fn=_collate_splits if args.aug_splits > 1 and not config.prefetcher else None,
         use_multi_epochs_loader=args.use_multi_epochs_loader, **_variable_size_kwargs(args),
     )
     loader_eval = eval_loader(eval_set, data_config, args.validation_batch_size or args.batch_size, args.workers,
@@ -525,6 +526,17 @@ def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any,
                          f"partial batch is dropped when training, so no step would be taken; use "
                          f"-b {len(train_set)} or less")
     return loader_train, loader_eval
+
+
+def _collate_splits(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """--aug-splits without timm's prefetching loader (CPU, --no-prefetcher, mixup): the layout of timm's
+    ``fast_collate``, one tensor whose n-th block of the batch holds every sample's split n, targets repeated
+    (torch's collate would leave a list of the splits)."""
+    images, targets = torch.utils.data.default_collate(batch)
+    if isinstance(images, (list, tuple)):
+        targets = targets.repeat((len(images),) + (1,) * (targets.ndim - 1))
+        images = torch.cat(list(images))
+    return images, targets
 
 
 def _variable_size_kwargs(args: argparse.Namespace) -> dict[str, Any]:
