@@ -30,7 +30,7 @@ from typing import Any, cast
 import torch
 import torch.nn as nn
 import yaml
-from timm.data import AugMixDataset, Mixup, create_loader, resolve_data_config
+from timm.data import AugMixDataset, FastCollateMixup, Mixup, create_loader, resolve_data_config
 from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
 from timm.models import model_parameters, resume_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -147,7 +147,7 @@ class TrainConfig:
     amp_dtype: torch.dtype | None  # None without --amp
     model_dtype: torch.dtype | None  # --model-dtype: the parameters' and inputs' dtype (None: float32)
     mixup: bool  # --mixup or --cutmix is on
-    prefetcher: bool  # timm's CUDA prefetching loader
+    prefetcher: bool  # timm's prefetching loader (any device, as timm's train.py), unless --no-prefetcher
     eval_metric: str  # the key of validate()'s metrics that ranks checkpoints (--eval-metric, else top1)
 
     @property
@@ -273,7 +273,9 @@ def resolve_config(args: argparse.Namespace, placement: Placement, train_set: An
         amp_dtype=(torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16) if args.amp else None,
         model_dtype=_model_dtype(args),
         mixup=mixup,
-        prefetcher=placement.device.type == "cuda" and not args.no_prefetcher and not mixup,
+        # As timm's train.py: on every device (it normalises uint8 batches there; mixup runs in its collate).
+        # timm refuses mixup with --aug-splits on it; timm-lap falls back to the plain loader instead.
+        prefetcher=not args.no_prefetcher and not (mixup and args.aug_splits > 1),
         eval_metric=metric if metric in EVAL_METRICS else "top1",
     )
 
@@ -489,14 +491,16 @@ def _build_mixup(config: TrainConfig) -> Mixup | None:
     args = config.args
     if not config.mixup:
         return None
-    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+    # With the prefetcher, timm mixes uint8 batches in the loader's collate function (FastCollateMixup).
+    mixup = FastCollateMixup if config.prefetcher else Mixup
+    return mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                  switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
                  cutmix_minmax=args.cutmix_minmax,
                  num_classes=config.num_classes)
 
 
-def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any,
-                   data_config: dict[str, Any]) -> tuple[Loader, Loader]:
+def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any, data_config: dict[str, Any],
+                   collate_fn: Mixup | None = None) -> tuple[Loader, Loader]:
     args, device = config.args, config.device
     train_interpolation = args.train_interpolation
     if args.no_aug or not train_interpolation:
@@ -513,7 +517,7 @@ def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any,
         std=data_config["std"], num_workers=args.workers, distributed=config.distributed, pin_memory=args.pin_mem,
         img_dtype=config.model_dtype or torch.float32, device=device, use_prefetcher=config.prefetcher,
         persistent_workers=False, worker_seeding=args.worker_seeding,
-        collate_fn=_collate_splits if args.aug_splits > 1 and not config.prefetcher else None,
+        collate_fn=collate_fn or (_collate_splits if args.aug_splits > 1 and not config.prefetcher else None),
         use_multi_epochs_loader=args.use_multi_epochs_loader, **_variable_size_kwargs(args),
     )
     loader_eval = eval_loader(eval_set, data_config, args.validation_batch_size or args.batch_size, args.workers,
@@ -595,7 +599,8 @@ def build_objects(config: TrainConfig, train_set: Any, eval_set: Any, args_text:
     if config.distributed and args.sync_bn:
         model = convert_sync_batchnorm(model)  # the tracked blocks stay the same modules
     mixup = _build_mixup(config)
-    loader_train, loader_eval = _build_loaders(config, train_set, eval_set, data_config)
+    loader_train, loader_eval = _build_loaders(config, train_set, eval_set, data_config,
+                                               collate_fn=mixup if config.prefetcher else None)
     reference_batch = float(getattr(loader_train.batch_sampler, "average_batch_size", args.batch_size))
     if args.train_img_sizes is not None and args.lr is None:
         flags.lr = _resolve_lr(args, config.world_size, reference_batch)
@@ -671,7 +676,7 @@ def _train_step(config: TrainConfig, objects: TrainingObjects, x: torch.Tensor, 
     ``need_update``; returns the batch's loss. ``save_images_as``: a batch index to save the input grid under."""
     args, model, optimizer = config.args, objects.train_model, objects.optimizer
     x, y = x.to(device=config.device, dtype=config.model_dtype), y.to(config.device)
-    if objects.mixup is not None:
+    if objects.mixup is not None and not config.prefetcher:  # the prefetcher's collate function mixed them
         x, y = objects.mixup(x, y)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp-dtype", default="float16", type=str, choices=("float16", "bfloat16"),
                    help="autocast dtype with --amp")
     g.add_argument("--no-prefetcher", action="store_true", default=False,
-                   help="turn off timm's CUDA prefetching loader")
+                   help="turn off timm's prefetching loader (on by default on every device, as in timm's train.py)")
     g.add_argument("--pin-mem", action="store_true", default=False, help="pin loader memory (faster CUDA copies)")
     g.add_argument("--local_rank", "--local-rank", default=0, type=int, metavar="N",
                    help="set by the old torch.distributed.launch; under torchrun the LOCAL_RANK variable counts")
