@@ -869,9 +869,11 @@ class TrainResult:
 
 def _prepare_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -> None:
     # Seeding each epoch from (seed, epoch) makes data order and augmentation independent of earlier
-    # epochs, so a resumed run repeats the uninterrupted one exactly.
+    # epochs, so a resumed run repeats the uninterrupted one exactly. Under torchrun each (epoch, rank) gets its
+    # own seed (seed + epoch * world_size + rank): with seed + epoch + rank, rank 1 would repeat in epoch e the
+    # augmentation draws of rank 0 in epoch e + 1 (timm seeds each rank once, its streams never meet).
     args = config.args
-    random_seed(args.seed + epoch, config.rank)
+    random_seed(args.seed + epoch * config.world_size, config.rank)
     if args.lap_sample is not None:
         _tracker(objects.model).reseed(args.seed + epoch)
     loader = objects.loader_train
