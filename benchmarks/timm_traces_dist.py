@@ -16,6 +16,12 @@ value DDP accepts there and what timm-lap passes; nothing else of timm's script 
         --train-py-version 1.0.29.dev0 --train-py-commit <sha>
     python -m benchmarks.timm_traces_dist record --script lap --case dist_bn_reduce --out lap.json [--probe-bn]
 
+Findings (timm 1.0.31, train.py 1.0.29.dev0, torch 2.14.1, CPU): with ``--patch seed-once`` (the one deliberate
+single-process difference, see :mod:`benchmarks.timm_traces`) every loss of both ranks is timm's, bit for bit, with
+``--dist-bn reduce``, and so is the final evaluation; summary.csv's train_loss differs in the last bits (timm
+all-reduces a float32 mean, timm-lap a float64 sum). With ``--sync-bn`` neither script can train on the CPU: torch's
+DDP refuses SyncBatchNorm in a CPU module, so both stop before the first step with the same torch error.
+
 ``--probe-bn`` (timm-lap only) saves, per rank, the BatchNorm running statistics just before and after each
 ``--dist-bn`` step (``_distribute_bn``, called after every epoch) and the BatchNorm classes of the model.
 """
@@ -70,12 +76,11 @@ CPU_DDP_SHIM = (
 )
 
 # Flags both scripts share. Each rank gets 150 of the 300 training images: 4 steps of 32 per epoch (drop_last).
-# --no-prefetcher: timm's train.py turns its prefetching loader on on any device, timm-lap on CUDA only; that is a
-# single-process difference (benchmarks.timm_traces --no-prefetcher-both), kept out of the distributed comparison.
+# Both scripts use timm's prefetching loader (their default on every device; --no-prefetcher was bitwise equal too).
 COMMON = (
     "--data-dir {data_dir} --output {output} --experiment {experiment} --model resnet10t --num-classes 10 "
     "--input-size 3 32 32 -b 32 --epochs 2 --warmup-epochs 1 --seed 0 --workers 0 --device cpu "
-    "--log-interval 1000 --opt sgd --sched cosine --lr 0.05 --no-prefetcher"
+    "--log-interval 1000 --opt sgd --sched cosine --lr 0.05"
 )
 CASES: dict[str, str] = {
     "dist_bn_reduce": "--dist-bn reduce",  # timm's default, given explicitly
@@ -369,6 +374,7 @@ def _fixture(
                     "bitwise": comparison["bitwise"],
                     "max_abs_diff": comparison["max_abs_diff"],
                     "final_eval_abs_diff": comparison["final_eval_abs_diff"],
+                    "summary_max_abs_diff": comparison["summary_max_abs_diff"],
                 }
             ),
         },
