@@ -63,6 +63,7 @@ from ..models import LAP_SUFFIX
 from ..multiplier import MultiplierScheduler
 from ..tracker import DisplacementTracker, get_tracker, track
 from .build import Loader, build_model, create_dataset, describe_sources, eval_loader, read_checkpoint
+from .rng_state import gather_rng_states, restore_rng_state
 from .train_args import DATA_SOURCES_KEY, parse_args
 
 __all__ = ["main", "train", "resolve_config", "build_objects", "run_epochs", "TrainConfig", "TrainingObjects",
@@ -87,7 +88,8 @@ Row = dict[str, float]  # one line of summary.csv
 
 
 class ExtraTrainingState:
-    """Checkpoint slot for what timm's saver does not know about: the LAP multiplier and the AMP scaler.
+    """Checkpoint slot for what timm's saver does not know about: the LAP multiplier, the AMP scaler and every
+    rank's random-number state at the end of the epoch (``rng_states``, set just before an end-of-epoch save).
 
     timm's ``CheckpointSaver`` stores ``amp_scaler.state_dict()`` under ``state_dict_key`` and
     ``resume_checkpoint`` restores it, so this object rides on that mechanism.
@@ -98,11 +100,14 @@ class ExtraTrainingState:
     def __init__(self, multiplier: MultiplierScheduler | None, scaler: NativeScaler | None) -> None:
         self.multiplier = multiplier
         self.scaler = scaler
+        self.rng_states: list[Any] | None = None  # what the next save stores (None: a mid-epoch recovery)
+        self.loaded_rng_states: list[Any] | None = None  # what --resume read
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "multiplier": None if self.multiplier is None else self.multiplier.state_dict(),
             "amp_scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "rng_states": self.rng_states,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -112,6 +117,7 @@ class ExtraTrainingState:
             self.multiplier.load_state_dict(state["multiplier"])
         if self.scaler is not None and state.get("amp_scaler") is not None:
             self.scaler.load_state_dict(state["amp_scaler"])
+        self.loaded_rng_states = state.get("rng_states")
 
 
 # ------------------------------------------------------------------ step 1: the flags, resolved once
@@ -312,6 +318,7 @@ class TrainingObjects:
     output: RunOutput | None  # None on every process but the first
     reference_batch: float  # the batch size --variable-batch-loss-scale compares each batch with
     wandb_run: Any = None  # the wandb run of --log-wandb (first process, wandb installed)
+    extra_state: ExtraTrainingState | None = None  # the checkpoint's multiplier / scaler / random-state slot
 
 
 # Flags that only timm's dataset factory reads (the built-in datasets have no use for them).
@@ -624,11 +631,27 @@ def build_objects(config: TrainConfig, train_set: Any, eval_set: Any, args_text:
         _logger.info(f"timm-lap train: {args.model}{' with LAP' if config.lap else ''}, {len(train_set)} training / "
                      f"{len(eval_set)} validation samples, {num_epochs} epochs, output in {output.dir}")
     wandb_run = _start_wandb(flags, output.dir) if output is not None and args.log_wandb else None
+    if args.resume:  # last: nothing built above may draw from the restored streams
+        _resume_random_state(config, extra_state, start_epoch)
     return TrainingObjects(
         model=model, train_model=train_model, model_ema=model_ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
         start_epoch=start_epoch, num_epochs=num_epochs, train_loss=train_loss, eval_loss=nn.CrossEntropyLoss(),
         multiplier=multiplier, loss_scaler=loss_scaler, autocast=autocast, mixup=mixup, loader_train=loader_train,
-        loader_eval=loader_eval, output=output, reference_batch=reference_batch, wandb_run=wandb_run)
+        loader_eval=loader_eval, output=output, reference_batch=reference_batch, wandb_run=wandb_run,
+        extra_state=extra_state)
+
+
+def _resume_random_state(config: TrainConfig, extra_state: ExtraTrainingState, start_epoch: int) -> None:
+    """--resume: every generator as the checkpointed epoch left it, so the run goes on drawing what the
+    uninterrupted one draws; a checkpoint without that state (a mid-epoch recovery, an older release, another
+    number of processes) reseeds from (seed, epoch) instead, and says so."""
+    if restore_rng_state(extra_state.loaded_rng_states, config.rank, config.world_size, config.device):
+        return
+    random_seed(config.args.seed + start_epoch * config.world_size, config.rank)
+    if config.primary:
+        _logger.info(f"--resume: the checkpoint holds no random-number state for {config.world_size} process(es) "
+                     f"(a mid-epoch recovery, an older release or another world size): reseeded from (seed, epoch "
+                     f"{start_epoch}); data order and augmentations differ from an uninterrupted run")
 
 
 def _start_wandb(flags: argparse.Namespace, output_dir: str) -> Any:
@@ -868,12 +891,9 @@ class TrainResult:
 
 
 def _prepare_epoch(config: TrainConfig, objects: TrainingObjects, epoch: int) -> None:
-    # Seeding each epoch from (seed, epoch) makes data order and augmentation independent of earlier
-    # epochs, so a resumed run repeats the uninterrupted one exactly. Under torchrun each (epoch, rank) gets its
-    # own seed (seed + epoch * world_size + rank): with seed + epoch + rank, rank 1 would repeat in epoch e the
-    # augmentation draws of rank 0 in epoch e + 1 (timm seeds each rank once, its streams never meet).
+    # The global generators are seeded once per process, as timm seeds them (so a run is timm's, draw for draw);
+    # checkpoints carry their state (timm_lap.cli.rng_state), so --resume continues them exactly.
     args = config.args
-    random_seed(args.seed + epoch * config.world_size, config.rank)
     if args.lap_sample is not None:
         _tracker(objects.model).reseed(args.seed + epoch)
     loader = objects.loader_train
@@ -932,6 +952,13 @@ def _record_epoch(config: TrainConfig, output: RunOutput, row: Row, metric: floa
     return best
 
 
+def _hold_random_state(config: TrainConfig, objects: TrainingObjects) -> None:
+    """Every rank's generator states as this epoch ends, for the checkpoint about to be written (a collective under
+    torchrun: each rank's streams differ, rank 0 alone writes)."""
+    if objects.extra_state is not None and (objects.output is not None or config.distributed):
+        objects.extra_state.rng_states = gather_rng_states(config.device, config.distributed)
+
+
 def run_epochs(config: TrainConfig, objects: TrainingObjects, stop_after_epochs: int | None = None,
                plot: bool = True) -> TrainResult:
     """Train from ``objects.start_epoch`` to the last epoch (or for ``stop_after_epochs`` epochs)."""
@@ -946,8 +973,11 @@ def run_epochs(config: TrainConfig, objects: TrainingObjects, stop_after_epochs:
         row = _summary_row(epoch, train_metrics, eval_metrics, objects.optimizer.param_groups[0]["lr"])
         rows.append(row)
         metric = eval_metrics[config.eval_metric] if evaluate else None
+        _hold_random_state(config, objects)
         if objects.output is not None:
             best = _record_epoch(config, objects.output, row, metric, plot) or best
+        if objects.extra_state is not None:
+            objects.extra_state.rng_states = None  # a later mid-epoch recovery has no end-of-epoch state
         if objects.wandb_run is not None:
             objects.wandb_run.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         objects.lr_scheduler.step(epoch + 1, metric)
