@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from timm_lap.cli.build import read_checkpoint
 from timm_lap.cli.train import SUMMARY_COLUMNS, main, read_summary, train
 from timm_lap.cli.train_args import available_cores, parse_args
 from timm_lap.tracker import get_tracker
@@ -378,3 +379,57 @@ def test_small_dataset_input_defaults_keep_one_channel_at_any_img_size(flags, si
     input_size, mean, std = dataset_input_defaults(args)
     assert input_size == size
     assert (mean, std) == (([0.5], [0.5]) if size else (None, None))
+
+
+@pytest.mark.slow
+def test_resume_with_augmentation_mixup_and_workers_continues_the_random_streams(tmp_path):
+    """Seeded once, as timm seeds: the checkpoint's random-number state makes the resumed epochs the same draws."""
+    flags = ("--epochs", "3", "--mixup", "0.3", "--hflip", "0.5", "--scale", "0.6", "1.0", "--workers", "1")
+    full = _run(tmp_path / "a", "run", *flags)
+    part = _run(tmp_path / "b", "run", *flags, stop_after=1)
+    resumed = _run(tmp_path / "b", "run", *flags, "--resume", str(Path(part.output_dir) / "last.pth.tar"))
+    a = (Path(full.output_dir) / "summary.csv").read_text()
+    assert a == (Path(resumed.output_dir) / "summary.csv").read_text()
+    reseeded = _run(tmp_path / "c", "run", *flags, "--seed", "1")  # the seed matters: the draws are not fixed
+    assert (Path(reseeded.output_dir) / "summary.csv").read_text() != a
+
+
+def test_a_checkpoint_without_random_state_reseeds_and_says_so(tmp_path, caplog):
+    import logging
+
+    part = _run(tmp_path, "run", "--epochs", "2", stop_after=1)
+    path = Path(part.output_dir) / "last.pth.tar"
+    checkpoint = read_checkpoint(str(path), flag="--resume")
+    states = checkpoint["timm_lap"]["rng_states"]
+    assert len(states) == 1 and set(states[0]) == {"python", "numpy", "torch"}  # one process, CPU
+    del checkpoint["timm_lap"]["rng_states"]  # as a checkpoint of an earlier release
+    old = tmp_path / "old.pth.tar"
+    torch.save(checkpoint, old)
+    with caplog.at_level(logging.INFO, logger="timm_lap"):
+        resumed = _run(tmp_path, "resumed", "--epochs", "2", "--resume", str(old))
+    assert "holds no random-number state" in caplog.text and "reseeded from (seed, epoch 1)" in caplog.text
+    assert len(resumed.rows) == 1 and math.isfinite(resumed.rows[0]["train_loss"])
+
+
+@pytest.mark.slow
+def test_torchrun_resume_restores_each_ranks_random_state(tmp_path):
+    """Rank 0 writes the checkpoint with every rank's generator state; each rank resumes its own."""
+    torchrun = shutil.which("torchrun")
+    cmd = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
+
+    def run(name, *extra):
+        done = subprocess.run(
+            [*cmd, "--standalone", "--nproc-per-node", "2", "-m", "timm_lap.cli.train", *DIGITS, "--epochs", "2",
+             "--hflip", "0.5", "--mixup", "0.3", "--output", str(tmp_path), "--experiment", name, *extra],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        return read_summary(str(tmp_path / name / "summary.csv"))
+
+    full = run("full")
+    checkpoint = read_checkpoint(str(tmp_path / "full" / "checkpoint-0.pth.tar"), flag="--resume")
+    states = checkpoint["timm_lap"]["rng_states"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+    resumed = run("resumed", "--resume", str(tmp_path / "full" / "checkpoint-0.pth.tar"))
+    assert [row["epoch"] for row in resumed] == ["1"]
+    assert resumed[0] == full[1]
