@@ -193,3 +193,30 @@ def test_per_tensor_ab_times_both_paths_and_restores_the_threshold():
     assert set(ratios) == {"vanilla", "foreach", "block_by_block"} and ratios["vanilla"] == 1.0
     assert all(r > 0 for r in ratios.values())
     assert grouped_energy.PER_TENSOR_MIN_NUMEL == before
+
+
+# --------------------------------------------------------------------------------------------- quickstart times
+
+
+def test_quickstart_times_times_a_command_and_records_the_machine(tmp_path):
+    from benchmarks import quickstart_times as Q
+
+    run = Q.time_command("hello", "python -c \"print('first'); print('done')\"", str(tmp_path))
+    assert (run["returncode"], run["last_line"]) == (0, "done") and run["seconds"] >= 0
+    assert Q.time_command("fail", "python -c 'raise SystemExit(3)'", str(tmp_path))["returncode"] == 3
+    machine = Q.machine()
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["torch"]
+
+
+def test_the_readme_states_the_committed_quickstart_times():
+    """The README's times are the ones in the committed results file (rounded to seconds), with the machine."""
+    from pathlib import Path
+
+    from benchmarks import quickstart_times as Q
+
+    report = json.loads(Path(Q.DEFAULT_OUT).read_text())
+    readme = (Path(Q.ROOT) / "README.md").read_text()
+    assert report["measured_by"] in readme and f"{report['machine']['cores']}-core" in readme
+    for run in report["runs"]:
+        assert run["returncode"] == 0, run
+        assert f"{round(run['seconds'])} s" in readme, run["name"]
