@@ -23,10 +23,10 @@ def test_the_digits_recipe_file_means_the_demo_flags():
     assert _settings(["-c", recipes.path("resnet10t_digits")]) == _settings(DIGITS_FLAGS)
 
 
-def test_the_demo_recipe_is_the_digits_recipe_on_preact_flat9():
+def test_the_demo_recipe_is_the_digits_recipe_on_preact_flat9_at_28_px():
     assert "preact_flat9_digits" in recipes.names()
     model_flag = DIGITS_FLAGS.index("--model") + 1
-    flat9 = [*DIGITS_FLAGS[:model_flag], "preact_flat9", *DIGITS_FLAGS[model_flag + 1:]]
+    flat9 = [*DIGITS_FLAGS[:model_flag], "preact_flat9", "--img-size", "28", *DIGITS_FLAGS[model_flag + 1:]]
     assert _settings(["-c", recipes.path("preact_flat9_digits")]) == _settings(flat9)
     assert _settings(recipes.flags("preact_flat9_digits")) == _settings(flat9)
 

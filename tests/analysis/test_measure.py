@@ -282,6 +282,47 @@ def test_start_and_end_markers_are_distinct_on_top_and_in_the_legend() -> None:
     assert to_rgba(ax.get_legend_handles_labels()[0][2].get_edgecolors()[0]) == to_rgba("black")
 
 
+def _start_circles(ax) -> list:
+    return [c for c in ax.collections if c.get_offsets().shape[0] and not c.get_facecolors()[:, 3].any()]
+
+
+def test_starts_in_a_small_cloud_get_an_enlarged_inset() -> None:
+    from timm_lap.analysis.plotting import START_ZOOM_BELOW, draw_trajectories, new_figure
+
+    rng = np.random.default_rng(0)
+    starts = 0.01 * rng.standard_normal((40, 2))  # a stage that spreads a tight cloud far out (preact_flat9's look)
+    ends = 10.0 * rng.standard_normal((40, 2))
+    points = np.stack([starts, (starts + ends) / 2, ends])
+    labels = np.arange(40) % 4
+    ax = new_figure((5, 4)).add_subplot()
+    inset = draw_trajectories(ax, points, labels)
+    assert inset is not None and ax.child_axes == [inset]
+    circles = _start_circles(inset)  # the starts, one hollow-circle collection per class, at their own scale
+    assert len(circles) == 4
+    assert np.allclose(np.sort(np.concatenate([c.get_offsets() for c in circles]), axis=0), np.sort(starts, axis=0))
+    (x0, x1), (y0, y1) = inset.get_xlim(), inset.get_ylim()
+    assert x0 <= starts[:, 0].min() <= starts[:, 0].max() <= x1 and y0 <= starts[:, 1].min() <= starts[:, 1].max() <= y1
+    assert max(x1 - x0, y1 - y0) < START_ZOOM_BELOW * np.ptp(ends, axis=0).max()  # really enlarged
+    assert "enlarged" in inset.get_title()
+    assert len(_start_circles(ax)) == 4  # the main axes keep their starts too
+
+    # Starts spread like the rest (two moons), or all in one point (nothing to enlarge): no inset.
+    for spread_points in (np.stack([ends, ends + 1.0]), np.zeros((3, 40, 2)) + np.linspace(0, 1, 3)[:, None, None]):
+        ax = new_figure((5, 4)).add_subplot()
+        assert draw_trajectories(ax, spread_points, labels) is None and ax.child_axes == []
+
+
+def test_the_inset_goes_to_the_emptiest_corner() -> None:
+    from timm_lap.analysis.plotting import INSET_SIZE, _emptiest_corner
+
+    rng = np.random.default_rng(1)
+    cloud = rng.uniform(0, 1, (3, 200, 2))
+    lower_right = (cloud[..., 0] > 0.6) & (cloud[..., 1] < 0.5)
+    cloud[lower_right] = cloud[lower_right] * [1.0, 0.0] + [0.0, 1.0]  # moved to the top: the lower right is empty
+    x, y = _emptiest_corner(cloud)
+    assert x > 0.5 and y < 0.5 and x + INSET_SIZE <= 1.0
+
+
 def test_plot_rejects_mismatched_labels(tmp_path: Path) -> None:
     traj = trajectories(ResidualMLP(width=5, depth=2), torch.randn(8, 4))
     with pytest.raises(ValueError, match="one entry per sample"):

@@ -73,3 +73,20 @@ def test_single_block_stages_are_noted():
     plain = render_report(_result(transport_efficiency=[two]))
     assert "single block" not in plain
     assert "hollow circle = stage input (start), cross = stage output (end)" in plain
+
+
+def test_the_trajectory_stage_says_its_share_of_the_transport():
+    text = render_report(_result())  # layer1.0 .. layer1.1 over a profile where only layer1.0 is measured
+    assert "`layer1.0` .. `layer1.1` (2 blocks) (it carries 66.7% of the total transport)" in text
+    assert "an inset shows them enlarged" in text
+    zero = render_report(_result(energy_profile={"layer1.0": 0.0}, total_transport=0.0))
+    assert "carries" not in zero
+
+
+def test_model_best_is_told_apart_from_the_final_model_and_model_kwargs_show():
+    best = render_report(_result(checkpoint="run/model_best.pth.tar", checkpoint_epoch=9))
+    assert "This is `model_best.pth.tar`, the model of epoch 9: the run's final model only when" in best
+    last = render_report(_result(checkpoint="run/last.pth.tar", checkpoint_epoch=14))
+    assert CHECKPOINT_NOTE in last and "This is `model_best.pth.tar`" not in last
+    shaped = render_report(_result(model="preact_flat9", model_kwargs={"width": 16}))
+    assert "| model | `preact_flat9` with `width=16` (4.90M parameters, 10 classes) |" in shaped

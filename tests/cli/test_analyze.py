@@ -150,6 +150,28 @@ def test_checkpoints_are_loaded_and_reported(tmp_path, fresh):
     assert f"`{plain}` (state_dict)" in Path(again["report"]).read_text()
 
 
+def test_a_paper_shaped_checkpoint_needs_no_model_flag_and_gets_no_single_block_note(tmp_path):
+    # A timm-lap train checkpoint of preact_flat9 trained with --model-kwargs width=8: analyze takes the model
+    # and its shape from the saved args (the weights would not fit the default width 32).
+    model = timm.create_model("preact_flat9", in_chans=1, num_classes=10, width=8)
+    args = argparse.Namespace(model="preact_flat9", model_kwargs={"width": 8}, dataset="sklearn/digits",
+                              val_split="validation", input_size=[1, 28, 28], mean=[0.5], std=[0.5], num_classes=10,
+                              data_dir=None, eval_metric="top1")
+    ckpt = tmp_path / "last.pth.tar"
+    torch.save({"epoch": 14, "arch": "preact_flat9", "state_dict": model.state_dict(), "args": args}, ckpt)
+    result = main(["--checkpoint", str(ckpt), "--n", "100", "--max-batches", "1", "-b", "64", "-j", "0",
+                   "--device", "cpu", "--output", str(tmp_path / "out")])
+    report = Path(result["report"]).read_text()
+    assert result["model"] == "preact_flat9" and result["model_kwargs"] == {"width": 8}
+    assert result["inherited"][0] == "model" and "model_kwargs" in result["inherited"]
+    assert "| model | `preact_flat9` with `width=8` (" in report and result["input_size"] == (1, 28, 28)
+    nine = [f"blocks.{i}" for i in range(9)]
+    assert [row["stage"] for row in result["transport_efficiency"]] == [nine] == [result["trajectories"]["stage"]]
+    assert 0.0 < result["transport_efficiency"][0]["efficiency"] < 1.0
+    assert "single block" not in report and "by construction" not in report
+    assert "(9 blocks) (it carries 100.0% of the total transport)" in report
+
+
 def test_clear_errors(tmp_path):
     missing = tmp_path / "no" / "last.pth.tar"
     with pytest.raises(SystemExit, match=re.escape(str(missing))) as info:
@@ -157,6 +179,8 @@ def test_clear_errors(tmp_path):
     assert str(info.value).startswith("timm-lap analyze: ")
     with pytest.raises(SystemExit, match="--dataset is required"):
         main([*FAST, "--output", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--model is required"):
+        main([*FAST[2:], *DIGITS, "--output", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="timm-lap analyze: unknown split 'bogus'"):
         main([*FAST, *DIGITS, "--split", "bogus", "--output", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="timm-lap analyze: --dataset 'torch/nope'"):

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,24 @@ def test_epoch_lines_pass_the_epoch_lines_only_and_restore_the_logger():
     assert (logger.level, logger.propagate, list(logger.handlers)) == before
 
 
+def test_the_table_names_the_best_epoch_and_the_notes_say_which_checkpoint_analyze_should_read():
+    from timm_lap.cli.demo import DemoRun, _notes, _table
+
+    rows = [{"epoch": 0, "eval_top1": 90.0}, {"epoch": 1, "eval_top1": 97.0}, {"epoch": 2, "eval_top1": 96.5}]
+    runs = {"vanilla": DemoRun("out/vanilla", rows, 97.0, None, 10.77, 60.0, best_epoch=1, val_samples=450),
+            "lap": DemoRun("out/lap", rows, 97.0, 164.0, 5.0049, 61.0, best_epoch=1, val_samples=450)}
+    table = _table(runs).splitlines()
+    assert table[0].split() == ["method", "val", "top-1", "(%)", "best", "top-1", "best", "epoch", "val", "transport",
+                                "final", "lam", "time", "(s)"]
+    assert table[3].split() == ["lap", "96.50", "97.00", "1", "5.0049", "164", "61.0"]
+    notes = _notes(runs)
+    assert "final model (epoch 2, last.pth.tar)" in notes and "best top-1, best epoch: model_best.pth.tar" in notes
+    assert "on model_best.pth.tar it reports the best epoch's, the same only when that is the last epoch" in notes
+    # The printed command reads the checkpoint the table measured; the model comes from the checkpoint.
+    assert notes.splitlines()[-1] == f"  timm-lap analyze --checkpoint {os.path.join('out/lap', 'last.pth.tar')} " \
+                                     f"--output {os.path.join('out', 'analyze-lap')}"
+
+
 @pytest.mark.slow
 def test_demo_into_a_pipe_prints_one_line_per_epoch_and_agrees_with_analyze(tmp_path):
     pytest.importorskip("sklearn")
@@ -95,16 +114,25 @@ def test_demo_into_a_pipe_prints_one_line_per_epoch_and_agrees_with_analyze(tmp_
         epochs = re.findall(rf"^{run}\s+epoch (\d+): train loss", out, re.M)
         assert epochs == ["0", "1"], out
     assert not re.search(r"^\S+\s+train \d+ \[", out, re.M)  # per-batch progress stays out of the log
-    row = re.search(r"^lap\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    row = re.search(r"^lap\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
     assert row, out
-    command = re.search(r"timm-lap analyze --model preact_flat9 --checkpoint (\S+last\.pth\.tar)", out)
+    command = re.search(r"timm-lap analyze --checkpoint (\S+last\.pth\.tar)", out)
     assert command, out
 
     pytest.importorskip("ot")
     from timm_lap.cli.analyze import main as analyze
 
-    result = analyze(["--model", "preact_flat9", "--checkpoint", command[1], "-j", "0", "--device", "cpu",
-                      "--n", "100", "--output", str(tmp_path / "analyze")])
+    common = ["-j", "0", "--device", "cpu", "--n", "100"]
+    result = analyze(["--checkpoint", command[1], *common, "--output", str(tmp_path / "analyze")])
+    assert result["model"] == "preact_flat9" and result["input_size"] == (1, 28, 28)  # from the checkpoint
     assert result["num_samples"] == 450 and result["checkpoint_epoch"] == 1
     assert result["top1"] == pytest.approx(float(row[1]), abs=0.006)  # the table's val top-1 (2 decimals)
-    assert result["total_transport"] == pytest.approx(float(row[3]), abs=6e-5)  # the table's val transport
+    assert result["total_transport"] == pytest.approx(float(row[4]), abs=6e-5)  # the table's val transport
+    # model_best.pth.tar is the best epoch's model: its top-1 is the table's best top-1, and its transport is the
+    # table's only when the best epoch is the last.
+    best = analyze(["--checkpoint", command[1].replace("last.pth.tar", "model_best.pth.tar"), *common,
+                    "--output", str(tmp_path / "analyze-best")])
+    assert best["checkpoint_epoch"] == int(row[3]) and best["top1"] == pytest.approx(float(row[2]), abs=0.006)
+    if int(row[3]) == 1:
+        assert best["total_transport"] == pytest.approx(result["total_transport"], rel=1e-6)
+    assert "This is `model_best.pth.tar`, the model of epoch" in Path(best["report"]).read_text()

@@ -93,12 +93,14 @@ def plot_energy_profile(profile: dict[str, float], path: str | Path, title: str 
     return save_figure(fig, path, dpi=ANALYSIS_DPI)
 
 
-def draw_trajectories(ax: Any, points: np.ndarray, labels: Sequence[int] | np.ndarray | torch.Tensor) -> None:
+def draw_trajectories(ax: Any, points: np.ndarray, labels: Sequence[int] | np.ndarray | torch.Tensor) -> Any | None:
     """``draw_trajectories(ax, points, labels)``: (K+1, N, 2) particle paths on a matplotlib ``ax``, by class.
 
     Each sample is a faint line through its K+1 positions, ending in a cross (stage output); its start (stage
-    input) is a hollow circle drawn on top, so it stays visible where a point barely moves. The legend (the
-    caller's ``ax.legend()``) gets one line per class and the two marker kinds.
+    input) is a hollow circle drawn on top, so it stays visible where a point barely moves. When the starts sit in
+    a cloud much smaller than the paths (spread below ``START_ZOOM_BELOW`` of the whole drawing's, so their circles
+    would merge into one blob), an inset in the emptiest corner shows them enlarged; it is returned (else None).
+    The legend (the caller's ``ax.legend()``) gets one line per class and the two marker kinds.
     """
     points = np.asarray(points)
     if points.ndim != 3 or points.shape[2] != 2:
@@ -107,16 +109,66 @@ def draw_trajectories(ax: Any, points: np.ndarray, labels: Sequence[int] | np.nd
     if labels.shape != (points.shape[1],):
         raise ValueError(f"labels must have one entry per sample ({points.shape[1]}); got shape {labels.shape}.")
     classes = np.unique(labels)
-    for colour, cls in zip(_class_colours(len(classes)), classes):
+    colours = _class_colours(len(classes))
+    for colour, cls in zip(colours, classes):
         paths = points[:, labels == cls, :]
         ax.plot(paths[..., 0], paths[..., 1], color=colour, alpha=0.3, linewidth=0.8, zorder=1)
         ax.scatter(paths[-1, :, 0], paths[-1, :, 1], color=colour, s=14, marker="x", linewidths=1.0, zorder=3)
-        ax.scatter(paths[0, :, 0], paths[0, :, 1], facecolors="none", edgecolors=[colour], s=30, marker="o",
-                   linewidths=1.0, zorder=4)
         ax.plot([], [], color=colour, linewidth=2, label=f"class {cls}")
+    for colour, cls in zip(colours, classes):  # every start over every path and end
+        _starts(ax, points[0, labels == cls, :], colour)
     ax.scatter([], [], facecolors="none", edgecolors="black", s=30, marker="o", linewidths=1.0,
                label="start (stage input)")
     ax.scatter([], [], color="black", s=14, marker="x", linewidths=1.0, label="end (stage output)")
+    return _zoom_on_starts(ax, points, labels, classes, colours)
+
+
+# An inset shows the starts when their spread (largest coordinate range) is below this fraction of all points'.
+START_ZOOM_BELOW = 0.15
+INSET_SIZE = 0.34  # of the axes, each side
+
+
+def _starts(ax: Any, starts: np.ndarray, colour: Any) -> Any:
+    return ax.scatter(starts[:, 0], starts[:, 1], facecolors="none", edgecolors=[colour], s=30, marker="o",
+                      linewidths=1.0, zorder=4)
+
+
+def _spread(points: np.ndarray) -> float:
+    flat = points.reshape(-1, 2)
+    return float(np.max(np.ptp(flat, axis=0))) if len(flat) else 0.0
+
+
+def _zoom_on_starts(ax: Any, points: np.ndarray, labels: np.ndarray, classes: np.ndarray,
+                    colours: Sequence[Any]) -> Any | None:
+    """The inset of :func:`draw_trajectories` (None when the starts are spread enough, or all in one point)."""
+    starts, whole = points[0], _spread(points)
+    spread = _spread(starts)
+    if not (0 < spread < START_ZOOM_BELOW * whole):
+        return None
+    inset = ax.inset_axes([*_emptiest_corner(points), INSET_SIZE, INSET_SIZE])
+    for colour, cls in zip(colours, classes):
+        _starts(inset, starts[labels == cls], colour)
+    low, high = starts.min(axis=0), starts.max(axis=0)
+    margin = 0.08 * spread  # > 0: the starts do not all coincide
+    inset.set_xlim(low[0] - margin, high[0] + margin)
+    inset.set_ylim(low[1] - margin, high[1] + margin)
+    inset.set_title(f"starts, enlarged x{whole / spread:.0f}", fontsize=7, pad=2)
+    inset.set_xticks([])  # the title gives the scale; tick labels would crowd the small box
+    inset.set_yticks([])
+    ax.indicate_inset_zoom(inset, edgecolor="0.4")
+    return inset
+
+
+def _emptiest_corner(points: np.ndarray) -> tuple[float, float]:
+    """Lower-left corner (axes fraction) of the inset: the corner of the drawing that covers the fewest points."""
+    flat = points.reshape(-1, 2)
+    low, high = flat.min(axis=0), flat.max(axis=0)
+    rel = (flat - low) / np.where(high > low, high - low, 1.0)  # 0..1 within the drawing
+    corners = [(x, y) for y in (1.0 - INSET_SIZE - 0.02, 0.02) for x in (0.02, 1.0 - INSET_SIZE - 0.02)]
+    # A point lies under an inset at (x, y) when it falls in that box (the drawing's margins are ignored).
+    inside = [np.sum((rel[:, 0] >= x) & (rel[:, 0] <= x + INSET_SIZE) & (rel[:, 1] >= y)
+                     & (rel[:, 1] <= y + INSET_SIZE)) for x, y in corners]
+    return corners[int(np.argmin(inside))]
 
 
 def _class_colours(n: int) -> list[Any]:

@@ -6,6 +6,7 @@ top-1 accuracy, energy profile, transport efficiency per same-width stage, traje
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,9 +22,13 @@ SINGLE_BLOCK_NOTE = (
     "nearly) almost by construction, whatever the network learned. Efficiency says something about stages of "
     "several blocks."
 )
+MARKERS_NOTE = (
+    "hollow circle = stage input (start), cross = stage output (end); when the inputs sit in a cloud much smaller "
+    "than the paths, an inset shows them enlarged."
+)
 
-__all__ = ["CHECKPOINT_NOTE", "SINGLE_BLOCK_NOTE", "efficiency_table", "energy_table", "format_value", "render_report",
-           "stage_label"]
+__all__ = ["CHECKPOINT_NOTE", "MARKERS_NOTE", "SINGLE_BLOCK_NOTE", "efficiency_table", "energy_table", "format_value",
+           "render_report", "stage_label", "stage_share"]
 
 
 def format_value(value: float) -> str:
@@ -62,14 +67,15 @@ def efficiency_table(rows: list[dict[str, Any]]) -> list[str]:
 def render_report(result: dict[str, Any]) -> str:
     """The markdown text of the report for an analysis result (see the module docstring)."""
     return "\n".join([*_summary(result), *_energy_section(result), *_efficiency_section(result),
-                      *_trajectory_section(result["trajectories"])]) + "\n"
+                      *_trajectory_section(result)]) + "\n"
 
 
 def _summary(r: dict[str, Any]) -> list[str]:
     lines = [
         f"# timm-lap analyze: {r['model']}", "",
         "| | |", "|---|---|",
-        f"| model | `{r['model']}` ({r['num_params'] / 1e6:.2f}M parameters, {r['num_classes']} classes) |",
+        f"| model | `{r['model']}`{_kwargs(r.get('model_kwargs'))} ({r['num_params'] / 1e6:.2f}M parameters, "
+        f"{r['num_classes']} classes) |",
         f"| checkpoint | {r['checkpoint_info']} |",
         f"| dataset | `{r['dataset'] or 'ImageFolder'}`, split `{r['split']}`, {r['num_samples']} samples, "
         f"input {tuple(r['input_size'])} |",
@@ -81,7 +87,16 @@ def _summary(r: dict[str, Any]) -> list[str]:
         lines += ["", f"Taken from the checkpoint's training arguments: {', '.join(r['inherited'])}."]
     if r.get("checkpoint_epoch") is not None:
         lines += ["", CHECKPOINT_NOTE]
+        if os.path.basename(r.get("checkpoint") or "") == "model_best.pth.tar":
+            lines += ["", f"This is `model_best.pth.tar`, the model of epoch {r['checkpoint_epoch']}: the run's "
+                          "final model only when its last epoch set the best score. `last.pth.tar` beside it is the "
+                          "final model, the one whose numbers `timm-lap demo`'s table shows."]
     return lines
+
+
+def _kwargs(kwargs: dict[str, Any] | None) -> str:
+    """`` with `width=16`` for a model built with extra create_model arguments, else empty."""
+    return " with " + ", ".join(f"`{k}={v!r}`" for k, v in kwargs.items()) if kwargs else ""
 
 
 def _energy_section(r: dict[str, Any]) -> list[str]:
@@ -113,15 +128,24 @@ def _efficiency_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _trajectory_section(traj: dict[str, Any] | None) -> list[str]:
+def stage_share(stage: Sequence[str], profile: dict[str, float]) -> float:
+    """The share (0..1) of the total transport that the blocks of ``stage`` carry (NaN if the total is 0)."""
+    total = sum(profile.values())
+    return sum(profile.get(name, 0.0) for name in stage) / total if total > 0 else math.nan
+
+
+def _trajectory_section(r: dict[str, Any]) -> list[str]:
+    traj = r["trajectories"]
     lines = ["", "## Trajectories", ""]
     if traj is None:
         return lines + ["No same-width stage: no trajectories to draw."]
     ratio = ", ".join(f"{v:.0%}" for v in traj["explained_variance_ratio"])
+    share = stage_share(traj["stage"], r["energy_profile"])
+    carried = "" if math.isnan(share) else f" (it carries {share:.1%} of the total transport)"
     lines += [
-        f"{traj['points']} points through the longest same-width stage, {stage_label(traj['stage'])}, "
-        f"projected on their first two principal axes (explained "
-        f"variance {ratio}), coloured by class; hollow circle = stage input (start), cross = stage output (end).",
+        f"{traj['points']} points through the longest same-width stage, {stage_label(traj['stage'])}{carried}, "
+        f"projected on their first two principal axes (explained variance {ratio}), coloured by class; "
+        f"{MARKERS_NOTE}",
     ]
     if len(traj["stage"]) == 1:
         lines += ["", "Note: the longest same-width stage is a single block, so each path is one step."]

@@ -1,11 +1,13 @@
 """``timm-lap analyze``: a markdown report on the transport a (trained) timm model applies to a dataset.
 
-    timm-lap analyze --model resnet10t --checkpoint output/train/<run>/model_best.pth.tar --dataset sklearn/digits
+    timm-lap analyze --checkpoint output/demo/lap/last.pth.tar
+    timm-lap analyze --model resnet18 --checkpoint weights.pth --dataset sklearn/digits
 
 Writes ``report.md`` (model, checkpoint, data, top-1 accuracy, total transport, per-block energies,
 transport efficiency per same-width stage) with ``energy_profile.png`` and ``trajectories.png`` into
 ``--output`` (default ``./output/analyze/<model>``). A ``timm-lap train`` checkpoint's saved arguments
-fill in the dataset, split, input size and class count when they are not given on the command line.
+fill in the model (and its ``--model-kwargs``), dataset, split, input size and class count when they are not
+given on the command line.
 The flags are in :mod:`.analyze_args` (light); this module runs the steps; :mod:`timm_lap.analysis` measures,
 draws and writes the text.
 """
@@ -126,11 +128,20 @@ def _resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[st
     checkpoint = read_checkpoint(args.checkpoint, flag="--checkpoint", tolerant=True) if args.checkpoint else {}
     train_args = _training_args(checkpoint)
     inherited = _inherit(args, train_args)
+    if args.model is None:
+        if not train_args.get("model"):
+            raise ValueError("--model is required (no timm-lap train checkpoint to take it from).")
+        args.model = train_args["model"]
+        inherited.insert(0, "model")
     if args.dataset is None:
         raise ValueError("--dataset is required (no timm-lap train checkpoint to take it from).")
     args.split = args.split or "validation"
+    args.model_kwargs = {}
     if train_args.get("model") not in (None, args.model):
         _say(f"note: the checkpoint was trained as {train_args['model']!r}, analysing it as {args.model!r}")
+    elif train_args.get("model_kwargs"):  # the trained shape (e.g. preact_flat9 width=16), for the same model only
+        args.model_kwargs = dict(train_args["model_kwargs"])
+        inherited.append("model_kwargs")
     apply_dataset_defaults(args)
     return checkpoint, inherited
 
@@ -139,7 +150,8 @@ def _build_model(args: argparse.Namespace, num_classes: int, checkpoint: dict[st
     """The timm model with the checkpoint's weights (or freshly initialised), and a line describing them."""
     random_seed(args.seed)
     in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
-    model = build_model(args.model, in_chans, num_classes, weights=args.checkpoint, flag="--checkpoint")
+    model = build_model(args.model, in_chans, num_classes, weights=args.checkpoint, flag="--checkpoint",
+                        model_kwargs=args.model_kwargs)
     if not args.checkpoint:
         return model, f"none: freshly initialised weights (seed {args.seed}), not a trained model"
     return model, _describe_checkpoint(args.checkpoint, checkpoint)
@@ -194,8 +206,8 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     title = f"{args.model} ({'checkpoint' if args.checkpoint else 'fresh init'})"
     result = {
         "output_dir": str(out), "report": str(out / "report.md"), "model": args.model,
-        "checkpoint": args.checkpoint, "checkpoint_info": info, "checkpoint_epoch": checkpoint.get("epoch"),
-        "inherited": inherited, "dataset": args.dataset,
+        "model_kwargs": args.model_kwargs, "checkpoint": args.checkpoint, "checkpoint_info": info,
+        "checkpoint_epoch": checkpoint.get("epoch"), "inherited": inherited, "dataset": args.dataset,
         "split": args.split, "num_classes": num_classes, "num_params": sum(p.numel() for p in model.parameters()),
         "input_size": tuple(data_config["input_size"]), "data_config": data_config,
         **_measure(model, loader, args, device, out, title),

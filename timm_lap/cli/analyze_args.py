@@ -19,7 +19,9 @@ SMALL_DATASETS = ("sklearn/digits", "torch/mnist", "torch/fashion_mnist")
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog=PROG, description="Write a markdown report (energy profile, transport efficiency, "
                                          "trajectories, accuracy) on a timm model and a dataset split.")
-    p.add_argument("--model", required=True, metavar="MODEL", help="timm model name (as trained)")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="timm model name, as trained (default: the timm-lap train checkpoint's, with its "
+                        "--model-kwargs)")
     p.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="timm checkpoint (timm-lap train last.pth.tar / model_best.pth.tar) or a state_dict file "
                         "(default: none, the freshly initialised model)")

@@ -95,27 +95,29 @@ def _plot(results: dict[str, DemoRun], path: str, model: str) -> str | None:
 
 
 def _table(results: dict[str, DemoRun]) -> str:
-    header = (f"{'method':8s} {'val top-1 (%)':>14s} {'best top-1':>11s} {'val transport':>14s} {'final lam':>10s} "
-              f"{'time (s)':>9s}")
+    header = (f"{'method':8s} {'val top-1 (%)':>14s} {'best top-1':>11s} {'best epoch':>11s} {'val transport':>14s} "
+              f"{'final lam':>10s} {'time (s)':>9s}")
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         lam = "-" if r.lam is None else f"{r.lam:.3g}"
-        lines.append(f"{name:8s} {r.rows[-1]['eval_top1']:14.2f} {r.best_metric:11.2f} {r.val_transport:14.4f} "
-                     f"{lam:>10s} {r.seconds:9.1f}")
+        best_epoch = "-" if r.best_epoch is None else str(r.best_epoch)
+        lines.append(f"{name:8s} {r.rows[-1]['eval_top1']:14.2f} {r.best_metric:11.2f} {best_epoch:>11s} "
+                     f"{r.val_transport:14.4f} {lam:>10s} {r.seconds:9.1f}")
     return "\n".join(lines)
 
 
-def _notes(results: dict[str, DemoRun], model: str) -> str:
+def _notes(results: dict[str, DemoRun]) -> str:
     """What the table's columns measure, and the command that analyses the LAP run's final model."""
     lap = results["lap"]
     last = int(lap.rows[-1]["epoch"])
     return "\n".join([
         f"val top-1, val transport: each run's final model (epoch {last}, last.pth.tar) on the {lap.val_samples} "
-        "validation images, eval mode; best top-1: its best epoch (model_best.pth.tar).",
-        "val transport is the sum of the block energies: the 'total transport' of timm-lap analyze on last.pth.tar "
-        "(the epoch lines' transport is the training batches' mean, in training mode).",
+        "validation images, eval mode; best top-1, best epoch: model_best.pth.tar.",
+        "val transport is the sum of the block energies, what timm-lap analyze reports as 'total transport' for "
+        "last.pth.tar; on model_best.pth.tar it reports the best epoch's, the same only when that is the last "
+        "epoch. (The epoch lines' transport is the training batches' mean, in training mode.)",
         "the LAP run's energy profile, trajectories and transport efficiency:",
-        f"  timm-lap analyze --model {model} --checkpoint {os.path.join(lap.output_dir, 'last.pth.tar')} "
+        f"  timm-lap analyze --checkpoint {os.path.join(lap.output_dir, 'last.pth.tar')} "
         f"--output {os.path.join(os.path.dirname(lap.output_dir), 'analyze-lap')}",
     ])
 
@@ -138,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, DemoRun]:
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"{PROG}: {exc}") from exc
     print(_table(results))
-    print(_notes(results, opts.model))
+    print(_notes(results))
     plot = _plot(results, os.path.join(opts.output, "demo.png"), opts.model)
     if plot:
         print(f"plot written to {plot}")
