@@ -9,22 +9,20 @@ timm's ``train.py`` is not in the timm wheel and is never part of this repositor
 
     python -m benchmarks.timm_traces data /tmp/digits_folder            # the ImageFolder tree
     python -m benchmarks.timm_traces compare --train-py /tmp/timm_train/train.py            # all recipes
-    python -m benchmarks.timm_traces compare --train-py ... --recipes sgd_cosine --patch seed-once
+    python -m benchmarks.timm_traces compare --train-py ... --recipes sgd_cosine
     python -m benchmarks.timm_traces compare --train-py ... --write-fixtures tests/fixtures/timm_traces \\
         --train-py-version 1.0.29.dev0 --train-py-commit <sha>
     python -m benchmarks.timm_traces record --script lap --recipe sgd_cosine --out lap.json   # one trace
 
-``--patch`` applies a named hypothesis to timm-lap (inside the recording process only; see ``PATCHES``), to test
-what a difference comes from. A patch is a diagnosis, not a fix.
-
-Findings (timm 1.0.31, train.py 1.0.29.dev0, torch 2.14.1, CPU, 1 thread): with ``--patch seed-once`` timm-lap's
-trace equals timm's bit for bit on every recipe (every backward loss, every summary.csv value). The one difference
-left without it is deliberate: timm-lap reseeds every epoch from (seed, epoch) so that ``--resume`` repeats the
-uninterrupted run; timm seeds once, before building the model, so its epochs draw from one continuing stream.
-(timm's prefetching loader, which timm turns on on every device, was a real difference: timm-lap used it on CUDA
-only and now follows timm. The eval loss inside autocast makes no difference: autocast computes cross-entropy in
-float32, as timm-lap's explicit cast does.) The fixtures in ``tests/fixtures/timm_traces`` hold timm's traces;
-``tests/test_timm_traces.py`` checks timm-lap (with ``COMPARE_PATCHES``) against them.
+Findings (timm 1.0.31, train.py 1.0.29.dev0, torch 2.14.1, CPU, 1 thread): ``timm-lap train`` as shipped, with
+nothing patched, gives timm's trace bit for bit on every recipe (every backward loss, every summary.csv value, the
+final evaluation). Both seed once per process, before building the model, so the epochs draw from one continuing
+stream (timm-lap's checkpoints carry the random-number state, so its ``--resume`` continues that stream). Two
+differences found on the way were real and are fixed in timm-lap: it reseeded every epoch from (seed, epoch), and it
+used timm's prefetching loader on CUDA only where timm turns it on on every device. A third hypothesis was refuted:
+computing the eval loss inside autocast (timm) or after a float32 cast (timm-lap) makes no difference, since autocast
+computes cross-entropy in float32. The fixtures in ``tests/fixtures/timm_traces`` hold timm's traces;
+``tests/test_timm_traces.py`` checks timm-lap against them.
 """
 
 from __future__ import annotations
@@ -42,15 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = [
     "TIMM_TRAIN_ENV",
     "RECIPES",
-    "PATCHES",
     "FIXTURE_DIR",
-    "COMPARE_PATCHES",
     "ENV_KEYS",
     "check_trace",
     "env_differences",
@@ -68,8 +64,6 @@ FIXTURE_DIR = os.path.join(os.path.dirname(HERE), "tests", "fixtures", "timm_tra
 TRAIN_PER_CLASS, VAL_PER_CLASS = 30, 20  # 300 training / 200 validation images
 IMAGE_SIZE = 32
 THREADS = 1  # intra-op threads of a recording: the reduction order, hence the bits, depends on it
-# The hypotheses under which timm-lap is compared with timm's fixtures: only the deliberate difference (see above).
-COMPARE_PATCHES: tuple[str, ...] = ("seed-once",)
 # What the bits of a trace depend on besides the flags: where one of these differs from the fixture's, the trace can
 # only be compared within EPOCH0_TOLERANCE (see check_trace).
 ENV_KEYS = ("torch", "timm", "cpu_capability", "threads", "machine", "pillow", "numpy")
@@ -151,7 +145,7 @@ def recipe_command(recipe: str, extra: Sequence[str] = ()) -> str:
     return shlex.join(recipe_argv(recipe, "DATA_DIR", "OUTPUT", recipe, extra))
 
 
-def record_command(script: str, recipe: str, patches: Sequence[str] = (), extra: Sequence[str] = ()) -> str:
+def record_command(script: str, recipe: str, extra: Sequence[str] = ()) -> str:
     """The command line that records one trace with this tool."""
     return shlex.join(
         [
@@ -164,7 +158,6 @@ def record_command(script: str, recipe: str, patches: Sequence[str] = (), extra:
             "--recipe",
             recipe,
             *(["--train-py", "TRAIN_PY"] if script == "timm" else []),
-            *[a for p in patches for a in ("--patch", p)],
             *[f"--extra={e}" for e in extra],
             "--data-dir",
             "DATA_DIR",
@@ -172,61 +165,6 @@ def record_command(script: str, recipe: str, patches: Sequence[str] = (), extra:
             f"{script}-{recipe}.json",
         ]
     )
-
-
-# ------------------------------------------------------------------------------------------------- hypotheses
-@contextlib.contextmanager
-def _seed_once() -> Iterator[None]:
-    """timm seeds once, before the model is built; timm-lap also reseeds at the start of every epoch
-    (``_prepare_epoch``: ``random_seed(seed + epoch)``). This makes that call do nothing."""
-    from timm_lap.cli import train as T
-
-    original = T._prepare_epoch
-
-    def prepare_epoch(config: Any, objects: Any, epoch: int) -> None:
-        seed = T.random_seed
-        T.random_seed = lambda *args, **kwargs: None
-        try:
-            original(config, objects, epoch)
-        finally:
-            T.random_seed = seed
-
-    T._prepare_epoch = prepare_epoch
-    try:
-        yield
-    finally:
-        T._prepare_epoch = original
-
-
-@contextlib.contextmanager
-def _eval_loss_in_autocast() -> Iterator[None]:
-    """timm's validate() computes the loss of the raw (autocast) output inside autocast; timm-lap's casts the
-    output to float32 outside it. This runs timm-lap's validation loss inside autocast on the raw output.
-    Refuted: no difference (autocast computes cross-entropy in float32 on the CPU and on CUDA)."""
-    from timm_lap.cli import train as T
-
-    original = T.validate
-
-    def validate(config: Any, model: Any, loader: Any, loss_fn: Any, amp_autocast: Any, desc: str = "eval") -> Any:
-        class _InAutocast:
-            def __call__(self, output: Any, target: Any) -> Any:
-                with amp_autocast():
-                    return loss_fn(output, target)
-
-        in_autocast: Any = _InAutocast()  # a callable loss, as validate() uses it
-        return original(config, model, loader, in_autocast, amp_autocast, desc)
-
-    T.validate = validate
-    try:
-        yield
-    finally:
-        T.validate = original
-
-
-PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
-    "seed-once": _seed_once,
-    "eval-loss-in-autocast": _eval_loss_in_autocast,
-}
 
 
 # ------------------------------------------------------------------------------------------------- recording
@@ -294,7 +232,6 @@ def record(
     argv: Sequence[str],
     output_dir: str,
     train_py: str | None = None,
-    patches: Sequence[str] = (),
     threads: int = THREADS,
 ) -> dict[str, Any]:
     """Run ``script`` ('timm': timm's train.py at ``train_py``, through runpy; 'lap': ``timm-lap train``) with the
@@ -305,10 +242,6 @@ def record(
     losses: list[float] = []
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        for name in patches:
-            if script != "lap":
-                raise ValueError(f"--patch {name}: the hypotheses patch timm-lap only")
-            stack.enter_context(PATCHES[name]())
         stack.enter_context(_record_backward(losses))
         if script == "timm":
             if not train_py:
@@ -324,7 +257,6 @@ def record(
     summary = _read_summary(os.path.join(output_dir, "summary.csv"))
     return {
         "script": script,
-        "patches": list(patches),
         "losses": losses,
         "summary": summary,
         "final_eval": {k: summary[-1][k] for k in ("eval_loss", "eval_top1", "eval_top5") if k in summary[-1]},
@@ -339,11 +271,10 @@ def record_in_subprocess(
     data_dir: str,
     work_dir: str,
     train_py: str | None,
-    patches: Sequence[str] = (),
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """:func:`record` of one recipe in a fresh interpreter (no state shared between the two scripts' runs)."""
-    tag = "-".join([script, recipe, *patches, *(["x"] if extra else [])])
+    tag = "-".join([script, recipe, *(["x"] if extra else [])])
     out = os.path.join(work_dir, f"{tag}.json")
     cmd = [
         sys.executable,
@@ -361,7 +292,6 @@ def record_in_subprocess(
         "--out",
         out,
         *(["--train-py", train_py] if train_py else []),
-        *[a for p in patches for a in ("--patch", p)],
         *[f"--extra={e}" for e in extra],
     ]
     done = subprocess.run(cmd, cwd=os.path.dirname(HERE), capture_output=True, text=True)
@@ -382,6 +312,7 @@ def compare_traces(reference: dict[str, Any], other: dict[str, Any]) -> dict[str
     summary_diff = {
         k: max((abs(r[k] - o[k]) for r, o in rows if k in r and k in o), default=None) for k in SUMMARY_KEYS
     }
+    final_a, final_b = reference.get("final_eval", {}), other.get("final_eval", {})
     return {
         "steps": (len(a), len(b)),
         "bitwise": a == b and len(a) > 0,
@@ -389,6 +320,7 @@ def compare_traces(reference: dict[str, Any], other: dict[str, Any]) -> dict[str
         "max_abs_diff": max(diffs, default=None),
         "step0_diff": diffs[0] if diffs else None,
         "summary_max_abs_diff": summary_diff,
+        "final_eval_abs_diff": {k: abs(final_a[k] - final_b[k]) for k in final_a if k in final_b},
     }
 
 
@@ -399,8 +331,8 @@ def env_differences(fixture: dict[str, Any], env: dict[str, Any]) -> dict[str, t
 
 
 def check_trace(fixture: dict[str, Any], trace: dict[str, Any]) -> list[str]:
-    """What in ``trace`` (timm-lap's, recorded with ``fixture["compare_patches"]``) disagrees with the fixture (timm's
-    trace of the same recipe); empty when it agrees.
+    """What in ``trace`` (timm-lap's) disagrees with the fixture (timm's trace of the same recipe); empty when it
+    agrees.
 
     In the fixture's environment (``ENV_KEYS``) the comparison is bitwise: every backward loss and every summary.csv
     value. Elsewhere the same arithmetic rounds differently and training amplifies it, so only the first epoch's
@@ -439,32 +371,27 @@ def _brief(comparison: dict[str, Any]) -> dict[str, Any]:
         "first_diff_step": comparison["first_diff_step"],
         "max_abs_diff": comparison["max_abs_diff"],
         "summary_max_abs_diff": comparison["summary_max_abs_diff"],
+        "final_eval_abs_diff": comparison["final_eval_abs_diff"],
     }
 
 
 def _fixture(
     recipe: str,
     timm_trace: dict[str, Any],
-    lap_traces: dict[tuple[str, ...], dict[str, Any]],
+    lap_trace: dict[str, Any] | None,
     extra: Sequence[str],
     train_py: str,
     version: str | None,
     commit: str | None,
 ) -> dict[str, Any]:
-    comparisons = {
-        " ".join(f"+{p}" for p in patches) or "as is": _brief(compare_traces(timm_trace, trace))
-        for patches, trace in lap_traces.items()
-        if "losses" in trace
-    }
     return {
         "recipe": recipe,
         "flags": recipe_command(recipe, extra),
         "timm_command": f"python train.py {recipe_command(recipe, extra)}  (run by: "
         f"{record_command('timm', recipe, extra=extra)})",
-        "timm_lap_command": record_command("lap", recipe, COMPARE_PATCHES, extra),
-        "recorded_with": "python -m benchmarks.timm_traces compare --train-py TRAIN_PY "
-        + " ".join(f"--patch {p}" for p in COMPARE_PATCHES)
-        + f" --write-fixtures tests/fixtures/timm_traces --train-py-version {version} --train-py-commit {commit}",
+        "timm_lap_command": record_command("lap", recipe, extra),
+        "recorded_with": "python -m benchmarks.timm_traces compare --train-py TRAIN_PY --write-fixtures "
+        f"tests/fixtures/timm_traces --train-py-version {version} --train-py-commit {commit}",
         "data": f"python -m benchmarks.timm_traces data DATA_DIR (sklearn digits, {TRAIN_PER_CLASS}/{VAL_PER_CLASS} "
         f"per class, {IMAGE_SIZE}x{IMAGE_SIZE} PNG)",
         "train_py": {
@@ -475,30 +402,28 @@ def _fixture(
         },
         "library": {"timm": timm_trace["env"]["timm"], "torch": timm_trace["env"]["torch"]},
         "env": timm_trace["env"],
-        "compare_patches": list(COMPARE_PATCHES),
         "tolerance": {
             "same_env": 0.0,
             "epoch0_other_env": EPOCH0_TOLERANCE[recipe],
-            "why": "bitwise in the recording environment: with the compare patches timm-lap runs the same "
-            "arithmetic in the same order as timm's train.py; elsewhere (other torch/timm/Pillow/NumPy, CPU kernels "
+            "why": "bitwise in the recording environment: timm-lap runs the same arithmetic in the same order as "
+            "timm's train.py; elsewhere (other torch/timm/Pillow/NumPy, CPU kernels "
             "or threads) rounding differs and training amplifies it, so only the first epoch (warm-up lr 1e-5) is "
             "compared, within this tolerance",
         },
-        "deliberate_difference": "without --patch seed-once timm-lap reseeds every epoch from (seed, epoch), so "
-        "that --resume repeats an uninterrupted run; timm seeds once, before building the model",
         "losses": timm_trace["losses"],
         "summary": timm_trace["summary"],
         "final_eval": timm_trace["final_eval"],
-        "timm_lap_at_recording": comparisons,
+        "timm_lap_at_recording": None if lap_trace is None else _brief(compare_traces(timm_trace, lap_trace)),
     }
 
 
 def _print_comparison(recipe: str, label: str, result: dict[str, Any]) -> None:
     s = result["summary_max_abs_diff"]
     print(
-        f"{recipe:22s} {label:28s} steps {result['steps']}, bitwise {result['bitwise']}, first diff step "
+        f"{recipe:22s} {label:10s} steps {result['steps']}, bitwise {result['bitwise']}, first diff step "
         f"{result['first_diff_step']}, step-0 diff {result['step0_diff']}, max |dloss| {result['max_abs_diff']}, "
-        f"max |d eval_top1| {s['eval_top1']}, |d eval_loss| {s['eval_loss']}"
+        f"max |d eval_top1| {s['eval_top1']}, |d eval_loss| {s['eval_loss']}, final eval |diff| "
+        f"{result['final_eval_abs_diff']}"
     )
 
 
@@ -506,10 +431,6 @@ def compare(args: argparse.Namespace) -> int:
     train_py = args.train_py or os.environ.get(TIMM_TRAIN_ENV)
     if not train_py or not os.path.isfile(train_py):
         print(f"timm's train.py not found: give --train-py or set {TIMM_TRAIN_ENV}", file=sys.stderr)
-        return 2
-    if args.write_fixtures and tuple(args.patch) != COMPARE_PATCHES:
-        wanted = " ".join(f"--patch {p}" for p in COMPARE_PATCHES)
-        print(f"--write-fixtures: the fixtures state the comparison under {wanted}; give exactly that", file=sys.stderr)
         return 2
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="timm_traces-")
     data_dir = export_digits(args.data_dir or os.path.join(work_dir, "digits"))
@@ -519,19 +440,22 @@ def compare(args: argparse.Namespace) -> int:
         if "error" in timm_trace:
             print(f"{recipe}: timm's train.py failed:\n{timm_trace['error']}")
             continue
-        lap_traces: dict[tuple[str, ...], dict[str, Any]] = {}
-        for patches in [[], *([args.patch] if args.patch else [])]:
-            trace = record_in_subprocess("lap", recipe, data_dir, work_dir, None, patches, extra=extra)
-            label = "timm-lap" + "".join(f" +{p}" for p in patches)
-            if "error" in trace:
-                print(f"{recipe:22s} {label:28s} failed: {trace['error'].strip().splitlines()[-1]}")
-                continue
-            lap_traces[tuple(patches)] = trace
-            _print_comparison(recipe, label, compare_traces(timm_trace, trace))
+        lap_trace = record_in_subprocess("lap", recipe, data_dir, work_dir, None, extra=extra)
+        lap_ok = "error" not in lap_trace
+        if lap_ok:
+            _print_comparison(recipe, "timm-lap", compare_traces(timm_trace, lap_trace))
+        else:
+            print(f"{recipe:22s} {'timm-lap':10s} failed: {lap_trace['error'].strip().splitlines()[-1]}")
         if args.write_fixtures:
             os.makedirs(args.write_fixtures, exist_ok=True)
             fixture = _fixture(
-                recipe, timm_trace, lap_traces, extra, train_py, args.train_py_version, args.train_py_commit
+                recipe,
+                timm_trace,
+                lap_trace if lap_ok else None,
+                extra,
+                train_py,
+                args.train_py_version,
+                args.train_py_commit,
             )
             with open(os.path.join(args.write_fixtures, f"{recipe}.json"), "w") as f:
                 json.dump(fixture, f, indent=1)
@@ -563,13 +487,6 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--train-py", default=None, help=f"timm's train.py (default: ${TIMM_TRAIN_ENV})")
         q.add_argument("--data-dir", default=None, help="the digits ImageFolder (written there when missing)")
         q.add_argument("--work-dir", default=None, help="run folders and traces (default: a new temporary folder)")
-        q.add_argument(
-            "--patch",
-            action="append",
-            default=[],
-            choices=sorted(PATCHES),
-            help="hypothesis applied to timm-lap (repeatable)",
-        )
     r.add_argument("--extra", action="append", default=[], help="a flag added to the recipe's (repeatable)")
     return p
 
@@ -583,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compare(args)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="timm_traces-")
     data_dir = export_digits(args.data_dir or os.path.join(work_dir, "digits"))
-    experiment = "-".join([args.script, args.recipe, *args.patch, *(["x"] if args.extra else [])])
+    experiment = "-".join([args.script, args.recipe, *(["x"] if args.extra else [])])
     out_root = os.path.join(work_dir, "runs")
     argv_ = recipe_argv(args.recipe, data_dir, out_root, experiment, args.extra)
     run_dir = os.path.join(out_root, experiment)
@@ -591,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(run_dir)
-    trace = record(args.script, argv_, run_dir, args.train_py or os.environ.get(TIMM_TRAIN_ENV), args.patch)
+    trace = record(args.script, argv_, run_dir, args.train_py or os.environ.get(TIMM_TRAIN_ENV))
     trace["recipe"], trace["argv"] = args.recipe, argv_
     with open(args.out, "w") as f:
         json.dump(trace, f, indent=1)

@@ -16,11 +16,11 @@ value DDP accepts there and what timm-lap passes; nothing else of timm's script 
         --train-py-version 1.0.29.dev0 --train-py-commit <sha>
     python -m benchmarks.timm_traces_dist record --script lap --case dist_bn_reduce --out lap.json [--probe-bn]
 
-Findings (timm 1.0.31, train.py 1.0.29.dev0, torch 2.14.1, CPU): with ``--patch seed-once`` (the one deliberate
-single-process difference, see :mod:`benchmarks.timm_traces`) every loss of both ranks is timm's, bit for bit, with
-``--dist-bn reduce``, and so is the final evaluation; summary.csv's train_loss differs in the last bits (timm
-all-reduces a float32 mean, timm-lap a float64 sum). With ``--sync-bn`` neither script can train on the CPU: torch's
-DDP refuses SyncBatchNorm in a CPU module, so both stop before the first step with the same torch error.
+Findings (timm 1.0.31, train.py 1.0.29.dev0, torch 2.14.1, CPU): with ``--dist-bn reduce``, every loss of both
+ranks of ``timm-lap train`` as shipped (nothing patched) is timm's, bit for bit, and so is the final evaluation;
+summary.csv's train_loss differs in the last bits (timm all-reduces a float32 mean, timm-lap a float64 sum). With
+``--sync-bn`` neither script can train on the CPU: torch's DDP refuses SyncBatchNorm in a CPU module, so both stop
+before the first step with the same torch error.
 
 ``--probe-bn`` (timm-lap only) saves, per rank, the BatchNorm running statistics just before and after each
 ``--dist-bn`` step (``_distribute_bn``, called after every epoch) and the BatchNorm classes of the model.
@@ -43,7 +43,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from benchmarks.timm_traces import (
-    PATCHES,
     TIMM_TRAIN_ENV,
     _file_sha256,
     _read_summary,
@@ -173,9 +172,7 @@ def _probe_bn(probe: dict[str, Any]) -> Iterator[None]:
         T._distribute_bn, T.convert_sync_batchnorm = original_distribute, original_convert
 
 
-def worker(
-    script: str, argv: Sequence[str], trace_dir: str, train_py: str | None, probe_bn: bool, patches: Sequence[str] = ()
-) -> int:
+def worker(script: str, argv: Sequence[str], trace_dir: str, train_py: str | None, probe_bn: bool) -> int:
     """One rank of a torchrun job: record its backward losses while running ``script`` with ``argv``. The rank's
     file (``rank<r>.json``: losses, error, environment) is written also when the script fails."""
     import torch
@@ -187,10 +184,6 @@ def worker(
     error = None
     try:
         with contextlib.ExitStack() as stack:
-            for name in patches:
-                if script != "lap":
-                    raise SystemExit(f"--patch {name}: the hypotheses patch timm-lap only")
-                stack.enter_context(PATCHES[name]())
             stack.enter_context(_record_backward(losses))
             if script == "timm":
                 if not train_py:
@@ -227,13 +220,12 @@ def record(
     work_dir: str,
     train_py: str | None = None,
     probe_bn: bool = False,
-    patches: Sequence[str] = (),
     timeout: float = 600,
 ) -> dict[str, Any]:
     """Run ``script`` ('timm' or 'lap') on ``case`` under torchrun (``NPROC`` gloo processes on the CPU); return the
     trace: per-rank losses (``losses[str(rank)]``), rank 0's summary rows, the final evaluation and, with
     ``probe_bn``, the path of each rank's BatchNorm probe (``bn_probe[str(rank)]``, a ``torch.save`` file)."""
-    tag = "-".join([script, case, *patches])
+    tag = f"{script}-{case}"
     out_root = os.path.join(work_dir, "runs")
     run_dir = os.path.join(out_root, tag)
     trace_dir = os.path.join(work_dir, "traces", tag)
@@ -252,7 +244,6 @@ def record(
         trace_dir,
         *(["--train-py", train_py] if train_py else []),
         *(["--probe-bn"] if probe_bn else []),
-        *[a for p in patches for a in ("--patch", p)],
         "--",
         *argv,
     ]
@@ -275,7 +266,6 @@ def record(
     trace: dict[str, Any] = {
         "script": script,
         "case": case,
-        "patches": list(patches),
         "argv": argv,
         "returncode": done.returncode,
         "losses": {str(r["rank"]): r["losses"] for r in ranks},
@@ -341,7 +331,6 @@ def _fixture(
     train_py: str,
     version: str | None,
     commit: str | None,
-    patches: Sequence[str] = (),
 ) -> dict[str, Any]:
     both_ok = "error" not in timm_trace and "error" not in lap_trace
     comparison = compare_ranks(timm_trace, lap_trace) if both_ok else None
@@ -364,7 +353,6 @@ def _fixture(
         "losses": timm_trace["losses"],
         "summary": timm_trace.get("summary"),
         "final_eval": timm_trace.get("final_eval"),
-        "timm_lap_patches": list(patches),
         "timm_lap_at_recording": {
             "outcome": outcome(lap_trace),
             **(
@@ -388,7 +376,7 @@ def compare(args: argparse.Namespace) -> int:
         return 2
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="timm_traces_dist-")
     data_dir = export_digits(args.data_dir or os.path.join(work_dir, "digits"))
-    label = "+".join(["timm-lap", *args.patch])
+    label = "timm-lap"
     status = 0
     for case in args.cases:
         timm_trace = record("timm", case, data_dir, work_dir, train_py)
@@ -396,7 +384,7 @@ def compare(args: argparse.Namespace) -> int:
             print(f"{case}: timm's train.py did not start:\n{timm_trace['error']}")
             status = 1
             continue
-        lap_trace = record("lap", case, data_dir, work_dir, patches=args.patch)
+        lap_trace = record("lap", case, data_dir, work_dir)
         if "error" in timm_trace or "error" in lap_trace:
             for name, trace in (("timm", timm_trace), (label, lap_trace)):
                 print(f"{case:16s} {name}: {outcome(trace)}")
@@ -413,9 +401,7 @@ def compare(args: argparse.Namespace) -> int:
             )
         if args.write_fixtures:
             os.makedirs(args.write_fixtures, exist_ok=True)
-            fixture = _fixture(
-                case, timm_trace, lap_trace, train_py, args.train_py_version, args.train_py_commit, args.patch
-            )
+            fixture = _fixture(case, timm_trace, lap_trace, train_py, args.train_py_version, args.train_py_commit)
             with open(os.path.join(args.write_fixtures, f"{case}.json"), "w") as f:
                 json.dump(fixture, f, indent=1)
                 f.write("\n")
@@ -431,29 +417,14 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--trace-dir", required=True)
     w.add_argument("--train-py", default=None)
     w.add_argument("--probe-bn", action="store_true")
-    w.add_argument("--patch", action="append", default=[], choices=sorted(PATCHES))
     w.add_argument("argv", nargs=argparse.REMAINDER, help="the script's flags, after --")
     r = sub.add_parser("record", help="one trace: torchrun, then collect")
     r.add_argument("--script", choices=("timm", "lap"), required=True)
     r.add_argument("--case", choices=sorted(CASES), required=True)
     r.add_argument("--out", required=True, help="trace JSON file")
     r.add_argument("--probe-bn", action="store_true", help="timm-lap: save BatchNorm statistics around --dist-bn")
-    r.add_argument(
-        "--patch",
-        action="append",
-        default=[],
-        choices=sorted(PATCHES),
-        help="a hypothesis of benchmarks.timm_traces applied to timm-lap (repeatable)",
-    )
     c = sub.add_parser("compare", help="both scripts on each case")
     c.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(FIXTURE_CASES))
-    c.add_argument(
-        "--patch",
-        action="append",
-        default=[],
-        choices=sorted(PATCHES),
-        help="a hypothesis of benchmarks.timm_traces applied to timm-lap (repeatable; noted in fixtures)",
-    )
     c.add_argument("--write-fixtures", default=None, metavar="DIR", help="write <case>.json fixtures there")
     c.add_argument("--train-py-version", default=None, help="timm version of the train.py copy (for the fixture)")
     c.add_argument("--train-py-commit", default=None, help="git commit of the train.py copy (for the fixture)")
@@ -468,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "worker":
         rest = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        return worker(args.script, rest, args.trace_dir, args.train_py, args.probe_bn, args.patch)
+        return worker(args.script, rest, args.trace_dir, args.train_py, args.probe_bn)
     if args.command == "compare":
         return compare(args)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="timm_traces_dist-")
@@ -480,7 +451,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir,
         args.train_py or os.environ.get(TIMM_TRAIN_ENV),
         args.probe_bn,
-        args.patch,
     )
     with open(args.out, "w") as f:
         json.dump(trace, f, indent=1)

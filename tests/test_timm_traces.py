@@ -3,11 +3,10 @@
 The fixtures in ``tests/fixtures/timm_traces`` hold timm's traces (every loss handed to ``backward`` and summary.csv's
 rows) of three recipes, recorded by ``python -m benchmarks.timm_traces compare`` with timm's train.py (never part of
 this repository; its version, commit and sha256 are in each fixture). These tests need no train.py: they record
-``timm-lap train`` on the same flags, in a fresh interpreter, and compare it with the fixture. timm-lap runs under the
-fixture's ``compare_patches`` (``seed-once``): timm seeds once, timm-lap reseeds every epoch from (seed, epoch) so that
-``--resume`` repeats an uninterrupted run, a deliberate difference. Everything else must agree bit for bit in the
-recording environment (same torch, timm, Pillow, NumPy, CPU kernels, one thread); elsewhere only the first epoch is
-compared, within the fixture's stated tolerance (see ``benchmarks.timm_traces.check_trace``).
+``timm-lap train`` on the same flags, in a fresh interpreter, as shipped (nothing patched: both seed once per
+process), and compare it with the fixture. Everything must agree bit for bit in the recording environment (same
+torch, timm, Pillow, NumPy, CPU kernels, one thread); elsewhere only the first epoch is compared, within the
+fixture's stated tolerance (see ``benchmarks.timm_traces.check_trace``).
 """
 
 from __future__ import annotations
@@ -37,12 +36,11 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> str:
     return T.export_digits(str(tmp_path_factory.mktemp("digits")))
 
 
-def _record_lap(recipe: str, patches: list[str], digits: str, work: Path) -> dict[str, Any]:
+def _record_lap(recipe: str, digits: str, work: Path) -> dict[str, Any]:
     """``timm-lap train`` on ``recipe`` through the tool's ``record``, in a fresh interpreter."""
     out = work / f"lap-{recipe}.json"
     cmd = [sys.executable, "-m", "benchmarks.timm_traces", "record", "--script", "lap", "--recipe", recipe,
-           "--data-dir", digits, "--work-dir", str(work), "--out", str(out),
-           *[a for p in patches for a in ("--patch", p)]]
+           "--data-dir", digits, "--work-dir", str(work), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -58,14 +56,28 @@ def test_the_fixtures_state_versions_command_and_tolerance():
         assert len(fixture["train_py"]["sha256"]) == 64
         assert fixture["library"]["timm"] and fixture["library"]["torch"]
         assert set(T.ENV_KEYS) <= set(fixture["env"]) and fixture["env"]["threads"] == T.THREADS
-        assert fixture["compare_patches"] == list(T.COMPARE_PATCHES)
+        # timm-lap is compared as shipped: no patch named anywhere (a fixture field or a command line)
+        assert not {"compare_patches", "deliberate_difference", "patches"} & set(fixture)
+        assert "--patch" not in fixture["timm_lap_command"] and "--patch" not in fixture["recorded_with"]
         assert fixture["tolerance"]["same_env"] == 0.0
         assert fixture["tolerance"]["epoch0_other_env"] == T.EPOCH0_TOLERANCE[recipe]
         # 3 epochs of 9 batches; summary.csv: one row per epoch, the last one the final evaluation.
         assert len(fixture["losses"]) == 3 * T.STEPS_PER_EPOCH and len(fixture["summary"]) == 3
         assert fixture["final_eval"] == {k: fixture["summary"][-1][k] for k in ("eval_loss", "eval_top1", "eval_top5")}
-        # At recording, timm-lap under the compare patches matched timm's train.py bit for bit.
-        assert fixture["timm_lap_at_recording"]["+seed-once"]["bitwise"] is True
+        # At recording, timm-lap as shipped matched timm's train.py bit for bit.
+        at_recording = fixture["timm_lap_at_recording"]
+        assert at_recording["bitwise"] is True and at_recording["max_abs_diff"] == 0.0
+        assert set(at_recording["summary_max_abs_diff"].values()) == {0.0}
+        assert set(at_recording["final_eval_abs_diff"].values()) == {0.0}
+
+
+def test_the_tool_records_timm_lap_unpatched():
+    """The tool has no hypothesis patches left: ``record`` takes no --patch and runs ``timm-lap train`` as is."""
+    assert not hasattr(T, "PATCHES") and not hasattr(T, "COMPARE_PATCHES")
+    with pytest.raises(SystemExit):
+        T._parser().parse_args(["record", "--script", "lap", "--recipe", "sgd_cosine", "--out", "x.json",
+                                "--patch", "seed-once"])
+    assert "--patch" not in T.record_command("lap", "sgd_cosine")
 
 
 def test_check_trace_is_bitwise_in_the_fixture_environment_and_epoch0_elsewhere():
@@ -87,7 +99,7 @@ def test_check_trace_is_bitwise_in_the_fixture_environment_and_epoch0_elsewhere(
 @pytest.mark.parametrize("recipe", sorted(T.RECIPES))
 def test_timm_lap_train_reproduces_timm_train_py(recipe: str, digits: str, tmp_path: Path):
     fixture = _fixture(recipe)
-    trace = _record_lap(recipe, fixture["compare_patches"], digits, tmp_path)
+    trace = _record_lap(recipe, digits, tmp_path)
     assert trace["losses"] and trace["env"]["threads"] == T.THREADS
     problems = T.check_trace(fixture, trace)
     differences = T.env_differences(fixture, trace["env"])

@@ -4,23 +4,19 @@ The fixtures in ``tests/fixtures/timm_traces_dist/`` are traces of timm's script
 ``python -m benchmarks.timm_traces_dist compare``): every loss each rank handed to backward, and rank 0's
 summary.csv. Here only timm-lap runs, under the same launcher; timm's script is never needed.
 
-timm-lap reseeds every epoch (so ``--resume`` repeats a run exactly) where timm seeds once before building the
-model: the augmentation draws differ from the first step. The fixtures name the hypothesis patch that turns the
-reseeding off (``timm_lap_patches``, from ``benchmarks.timm_traces.PATCHES``); with it every per-rank loss is
-timm's, bit for bit. The rest (DDP, the distributed samplers, --dist-bn, the reduced metrics) is exercised unpatched.
+timm-lap runs as shipped, nothing patched: like timm it seeds once per process, before building the model, and
+every per-rank loss is timm's, bit for bit (DDP, the distributed samplers, --dist-bn, the reduced metrics included).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
-import random
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -56,8 +52,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def reduce_run(digits: str, work: str) -> dict[str, Any]:
     """timm-lap with --dist-bn reduce, 2 gloo processes, BatchNorm statistics probed around each --dist-bn."""
-    fixture = _fixture("dist_bn_reduce")
-    trace = D.record("lap", "dist_bn_reduce", digits, work, probe_bn=True, patches=fixture["timm_lap_patches"])
+    trace = D.record("lap", "dist_bn_reduce", digits, work, probe_bn=True)
     assert "error" not in trace, trace["error"]
     return trace
 
@@ -119,8 +114,7 @@ def test_dist_bn_reduce_averages_the_running_statistics_over_the_ranks(reduce_ru
 
 @pytest.mark.slow
 def test_dist_bn_empty_keeps_each_ranks_statistics(digits: str, work: str, reduce_run: dict[str, Any]) -> None:
-    patches = _fixture("dist_bn_reduce")["timm_lap_patches"]
-    trace = D.record("lap", "dist_bn_none", digits, work, probe_bn=True, patches=patches)
+    trace = D.record("lap", "dist_bn_none", digits, work, probe_bn=True)
     assert "error" not in trace, trace["error"]
     probes = _probes(trace)
     assert [len(p["calls"]) for p in probes] == [2, 2]
@@ -144,7 +138,7 @@ def test_sync_bn_converts_batchnorm_and_stops_on_the_cpu_as_timm_does(digits: st
     fixture = _fixture("sync_bn")
     assert fixture["outcome"]["ok"] is False and fixture["outcome"]["steps"] == {"0": 0, "1": 0}
     timm_errors = fixture["outcome"]["rank_errors"]
-    trace = D.record("lap", "sync_bn", digits, work, probe_bn=True, patches=fixture["timm_lap_patches"])
+    trace = D.record("lap", "sync_bn", digits, work, probe_bn=True)
     assert trace["returncode"] != 0
     assert {rank: len(losses) for rank, losses in trace["losses"].items()} == {"0": 0, "1": 0}
     for rank, timm_error in timm_errors.items():
@@ -158,33 +152,21 @@ def test_sync_bn_converts_batchnorm_and_stops_on_the_cpu_as_timm_does(digits: st
 
 
 # --------------------------------------------------------------------------------------------- without torchrun
-@pytest.fixture
-def saved_rng():
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
-
-
-def test_each_epoch_and_rank_gets_its_own_seed(saved_rng: None) -> None:
-    """With seed + epoch + rank, rank 1 would repeat in epoch e rank 0's augmentation draws of epoch e + 1."""
-    from timm_lap.cli import train as T
-
-    loader = SimpleNamespace(dataset=None, batch_sampler=None, sampler=None)
-    objects = SimpleNamespace(loader_train=loader, mixup=None, model=None)
-
-    def draws(epoch: int, rank: int, world_size: int) -> list[float]:
-        args = SimpleNamespace(seed=0, lap_sample=None, mixup_off_epoch=0)
-        config = SimpleNamespace(args=args, rank=rank, world_size=world_size)
-        T._prepare_epoch(cast(Any, config), cast(Any, objects), epoch)
-        return [torch.rand(()).item(), float(np.random.rand()), random.random()]
-
-    seen = [draws(epoch, rank, 2) for epoch in range(3) for rank in range(2)]
-    assert all(seen.count(d) == 1 for d in seen)
-    torch.manual_seed(3)
-    expected = torch.rand(()).item()
-    assert draws(3, 0, 1)[0] == expected  # one process: seed + epoch, as before
+def test_timm_lap_runs_unpatched() -> None:
+    """The tool has no hypothesis patches: neither the launcher, the worker's command line nor the fixtures name
+    one, so the traces are those of ``timm-lap train`` as shipped."""
+    assert "patches" not in inspect.signature(D.record).parameters
+    assert "patches" not in inspect.signature(D.worker).parameters
+    parser = D._parser()
+    for argv in (["worker", "--script", "lap", "--trace-dir", "T"], ["record", "--script", "lap", "--case",
+                                                                      "dist_bn_reduce", "--out", "x.json"]):
+        parser.parse_args(argv)
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--patch", "seed-once"])
+    for case in D.FIXTURE_CASES:
+        fixture = _fixture(case)
+        assert not {"timm_lap_patches", "patches", "compare_patches"} & set(fixture), case
+        assert "--patch" not in fixture["command"] and "--patch" not in fixture["recorded_with"], case
 
 
 def test_fixtures_name_their_versions_and_commands() -> None:
