@@ -27,10 +27,13 @@ DEFAULT_OUT = os.path.join(HERE, "results", "quickstart", "times.json")
 
 # The README's commands, without their `pip install` part (the environment is already installed). {tmp}: a scratch
 # folder for outputs, so a measurement never overwrites a user's ./output.
+# The test runs leave out the one test that compares the README with this file's numbers: it cannot pass while
+# they are being measured.
+README_TEST = "tests/test_benchmarks.py::test_the_readme_states_the_committed_quickstart_times"
 COMMANDS: dict[str, str] = {
     "demo": "timm-lap demo --output {tmp}/demo",
-    "fast_tests": "python -m pytest -m 'not slow' -q -p no:cacheprovider",
-    "full_tests": "python -m pytest -q -p no:cacheprovider",
+    "fast_tests": f"python -m pytest -m 'not slow' -q -p no:cacheprovider --deselect {README_TEST}",
+    "full_tests": f"python -m pytest -q -p no:cacheprovider --deselect {README_TEST}",
     "fashion_mnist": ("timm-lap train --dataset torch/fashion_mnist --model resnet18_lap --train-subset 1000 "
                       "--epochs 30 --eval-interval 10 --output {tmp}/train --experiment fashion"),
 }
