@@ -54,6 +54,10 @@ __all__ = [
     "recipe_argv",
     "record",
     "compare_traces",
+    "comparison_inputs",
+    "file_sha256",
+    "read_summary",
+    "record_backward",
     "environment",
     "main",
 ]
@@ -169,7 +173,7 @@ def record_command(script: str, recipe: str, extra: Sequence[str] = ()) -> str:
 
 # ------------------------------------------------------------------------------------------------- recording
 @contextlib.contextmanager
-def _record_backward(losses: list[float]) -> Iterator[None]:
+def record_backward(losses: list[float]) -> Iterator[None]:
     """Append ``float(self)`` of every tensor handed to ``Tensor.backward`` to ``losses``."""
     import torch
 
@@ -197,13 +201,13 @@ def _argv(argv: Sequence[str]) -> Iterator[None]:
         sys.argv = saved
 
 
-def _read_summary(path: str) -> list[dict[str, float]]:
+def read_summary(path: str) -> list[dict[str, float]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return [{k: float(row[k]) for k in ("epoch", *SUMMARY_KEYS) if row.get(k) not in (None, "")} for row in rows]
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
@@ -242,7 +246,7 @@ def record(
     losses: list[float] = []
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_record_backward(losses))
+        stack.enter_context(record_backward(losses))
         if script == "timm":
             if not train_py:
                 raise ValueError(f"timm's train.py: give --train-py or set {TIMM_TRAIN_ENV}")
@@ -254,7 +258,7 @@ def record(
             lap_main(list(argv))
         else:
             raise ValueError(f"unknown script {script!r}: 'timm' or 'lap'")
-    summary = _read_summary(os.path.join(output_dir, "summary.csv"))
+    summary = read_summary(os.path.join(output_dir, "summary.csv"))
     return {
         "script": script,
         "losses": losses,
@@ -398,7 +402,7 @@ def _fixture(
             "source": "huggingface/pytorch-image-models train.py (not in this repository)",
             "version": version,
             "commit": commit,
-            "sha256": _file_sha256(train_py),
+            "sha256": file_sha256(train_py),
         },
         "library": {"timm": timm_trace["env"]["timm"], "torch": timm_trace["env"]["torch"]},
         "env": timm_trace["env"],
@@ -427,13 +431,22 @@ def _print_comparison(recipe: str, label: str, result: dict[str, Any]) -> None:
     )
 
 
-def compare(args: argparse.Namespace) -> int:
+def comparison_inputs(args: argparse.Namespace, prefix: str) -> tuple[str, str, str] | None:
+    """(timm's train.py, work folder, digits ImageFolder) of a ``compare`` command, or None (after saying why) when
+    timm's script is not given."""
     train_py = args.train_py or os.environ.get(TIMM_TRAIN_ENV)
     if not train_py or not os.path.isfile(train_py):
         print(f"timm's train.py not found: give --train-py or set {TIMM_TRAIN_ENV}", file=sys.stderr)
+        return None
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix=prefix)
+    return train_py, work_dir, export_digits(args.data_dir or os.path.join(work_dir, "digits"))
+
+
+def compare(args: argparse.Namespace) -> int:
+    inputs = comparison_inputs(args, "timm_traces-")
+    if inputs is None:
         return 2
-    work_dir = args.work_dir or tempfile.mkdtemp(prefix="timm_traces-")
-    data_dir = export_digits(args.data_dir or os.path.join(work_dir, "digits"))
+    train_py, work_dir, data_dir = inputs
     extra = [NO_PREFETCHER] if args.no_prefetcher_both else []
     for recipe in args.recipes:
         timm_trace = record_in_subprocess("timm", recipe, data_dir, work_dir, train_py, extra=extra)

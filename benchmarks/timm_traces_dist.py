@@ -44,12 +44,13 @@ from typing import Any
 
 from benchmarks.timm_traces import (
     TIMM_TRAIN_ENV,
-    _file_sha256,
-    _read_summary,
-    _record_backward,
     compare_traces,
+    comparison_inputs,
     environment,
     export_digits,
+    file_sha256,
+    read_summary,
+    record_backward,
 )
 
 __all__ = [
@@ -184,7 +185,7 @@ def worker(script: str, argv: Sequence[str], trace_dir: str, train_py: str | Non
     error = None
     try:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_record_backward(losses))
+            stack.enter_context(record_backward(losses))
             if script == "timm":
                 if not train_py:
                     raise SystemExit(f"timm's train.py: give --train-py or set {TIMM_TRAIN_ENV}")
@@ -281,7 +282,7 @@ def record(
         lines = [line for line in done.stderr.splitlines() if line.startswith("[rank0]:")]
         trace["error"] = "\n".join(lines)[-4000:] if lines else (done.stderr or done.stdout)[-4000:]
         return trace
-    summary = _read_summary(os.path.join(run_dir, "summary.csv"))
+    summary = read_summary(os.path.join(run_dir, "summary.csv"))
     trace["summary"] = summary
     trace["final_eval"] = {k: summary[-1][k] for k in ("eval_loss", "eval_top1", "eval_top5") if k in summary[-1]}
     return trace
@@ -347,7 +348,7 @@ def _fixture(
         "data": "python -m benchmarks.timm_traces data DATA_DIR (sklearn digits, 30/20 per class, 32x32 PNG)",
         "timm_version": timm_trace["env"]["timm"],
         "torch_version": timm_trace["env"]["torch"],
-        "train_py": {"version": version, "commit": commit, "sha256": _file_sha256(train_py)},
+        "train_py": {"version": version, "commit": commit, "sha256": file_sha256(train_py)},
         "env": timm_trace["env"],
         "outcome": outcome(timm_trace),
         "losses": timm_trace["losses"],
@@ -370,12 +371,10 @@ def _fixture(
 
 
 def compare(args: argparse.Namespace) -> int:
-    train_py = args.train_py or os.environ.get(TIMM_TRAIN_ENV)
-    if not train_py or not os.path.isfile(train_py):
-        print(f"timm's train.py not found: give --train-py or set {TIMM_TRAIN_ENV}", file=sys.stderr)
+    inputs = comparison_inputs(args, "timm_traces_dist-")
+    if inputs is None:
         return 2
-    work_dir = args.work_dir or tempfile.mkdtemp(prefix="timm_traces_dist-")
-    data_dir = export_digits(args.data_dir or os.path.join(work_dir, "digits"))
+    train_py, work_dir, data_dir = inputs
     label = "timm-lap"
     status = 0
     for case in args.cases:

@@ -540,7 +540,7 @@ def _build_loaders(config: TrainConfig, train_set: Any, eval_set: Any, data_conf
 
 
 def _collate_splits(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """--aug-splits without timm's prefetching loader (CPU, --no-prefetcher, mixup): the layout of timm's
+    """--aug-splits without timm's prefetching loader (--no-prefetcher, or mixup with it): the layout of timm's
     ``fast_collate``, one tensor whose n-th block of the batch holds every sample's split n, targets repeated
     (torch's collate would leave a list of the splits)."""
     images, targets = torch.utils.data.default_collate(batch)
