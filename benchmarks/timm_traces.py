@@ -55,6 +55,7 @@ __all__ = [
     "record",
     "compare_traces",
     "comparison_inputs",
+    "add_shared_flags",
     "file_sha256",
     "read_summary",
     "record_backward",
@@ -149,26 +150,18 @@ def recipe_command(recipe: str, extra: Sequence[str] = ()) -> str:
     return shlex.join(recipe_argv(recipe, "DATA_DIR", "OUTPUT", recipe, extra))
 
 
+def _record_args(script: str, recipe: str, data_dir: str, out: str, train_py: str | None,
+                 extra: Sequence[str] = (), work_dir: str | None = None) -> list[str]:
+    """The arguments, after the interpreter, of this tool's ``record`` command for one trace."""
+    return ["-m", "benchmarks.timm_traces", "record", "--script", script, "--recipe", recipe, "--data-dir", data_dir,
+            *(["--work-dir", work_dir] if work_dir else []), "--out", out,
+            *(["--train-py", train_py] if train_py else []), *[f"--extra={e}" for e in extra]]
+
+
 def record_command(script: str, recipe: str, extra: Sequence[str] = ()) -> str:
-    """The command line that records one trace with this tool."""
-    return shlex.join(
-        [
-            "python",
-            "-m",
-            "benchmarks.timm_traces",
-            "record",
-            "--script",
-            script,
-            "--recipe",
-            recipe,
-            *(["--train-py", "TRAIN_PY"] if script == "timm" else []),
-            *[f"--extra={e}" for e in extra],
-            "--data-dir",
-            "DATA_DIR",
-            "--out",
-            f"{script}-{recipe}.json",
-        ]
-    )
+    """The command line that records one trace with this tool (placeholders for the paths)."""
+    train_py = "TRAIN_PY" if script == "timm" else None
+    return shlex.join(["python", *_record_args(script, recipe, "DATA_DIR", f"{script}-{recipe}.json", train_py, extra)])
 
 
 # ------------------------------------------------------------------------------------------------- recording
@@ -280,24 +273,7 @@ def record_in_subprocess(
     """:func:`record` of one recipe in a fresh interpreter (no state shared between the two scripts' runs)."""
     tag = "-".join([script, recipe, *(["x"] if extra else [])])
     out = os.path.join(work_dir, f"{tag}.json")
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.timm_traces",
-        "record",
-        "--script",
-        script,
-        "--recipe",
-        recipe,
-        "--data-dir",
-        data_dir,
-        "--work-dir",
-        work_dir,
-        "--out",
-        out,
-        *(["--train-py", train_py] if train_py else []),
-        *[f"--extra={e}" for e in extra],
-    ]
+    cmd = [sys.executable, *_record_args(script, recipe, data_dir, out, train_py, extra, work_dir)]
     done = subprocess.run(cmd, cwd=os.path.dirname(HERE), capture_output=True, text=True)
     if done.returncode != 0:
         return {"script": script, "error": (done.stderr or done.stdout)[-2000:]}
@@ -494,14 +470,23 @@ def _parser() -> argparse.ArgumentParser:
         help=f"add {NO_PREFETCHER} to both scripts' flags (timm's prefetcher is on on any device)",
     )
     c.add_argument("--write-fixtures", default=None, metavar="DIR", help="write <recipe>.json fixtures there")
-    c.add_argument("--train-py-version", default=None, help="timm version of the train.py copy (for the fixture)")
-    c.add_argument("--train-py-commit", default=None, help="git commit of the train.py copy (for the fixture)")
-    for q in (r, c):
-        q.add_argument("--train-py", default=None, help=f"timm's train.py (default: ${TIMM_TRAIN_ENV})")
-        q.add_argument("--data-dir", default=None, help="the digits ImageFolder (written there when missing)")
-        q.add_argument("--work-dir", default=None, help="run folders and traces (default: a new temporary folder)")
+    add_shared_flags(r, c)
     r.add_argument("--extra", action="append", default=[], help="a flag added to the recipe's (repeatable)")
     return p
+
+
+def add_shared_flags(record_parser: argparse.ArgumentParser, compare_parser: argparse.ArgumentParser) -> None:
+    """The flags both trace tools' ``record`` and ``compare`` commands take: timm's script, the data, the folders,
+    and (compare) where the train.py copy came from."""
+    compare_parser.add_argument("--train-py-version", default=None,
+                                help="timm version of the train.py copy (for the fixture)")
+    compare_parser.add_argument("--train-py-commit", default=None,
+                                help="git commit of the train.py copy (for the fixture)")
+    for parser in (record_parser, compare_parser):
+        parser.add_argument("--train-py", default=None, help=f"timm's train.py (default: ${TIMM_TRAIN_ENV})")
+        parser.add_argument("--data-dir", default=None, help="the digits ImageFolder (written there when missing)")
+        parser.add_argument("--work-dir", default=None,
+                            help="run folders and traces (default: a new temporary folder)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,7 @@ from typing import Any
 
 from benchmarks.timm_traces import (
     TIMM_TRAIN_ENV,
+    add_shared_flags,
     compare_traces,
     comparison_inputs,
     environment,
@@ -425,12 +426,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="both scripts on each case")
     c.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(FIXTURE_CASES))
     c.add_argument("--write-fixtures", default=None, metavar="DIR", help="write <case>.json fixtures there")
-    c.add_argument("--train-py-version", default=None, help="timm version of the train.py copy (for the fixture)")
-    c.add_argument("--train-py-commit", default=None, help="git commit of the train.py copy (for the fixture)")
-    for q in (r, c):
-        q.add_argument("--train-py", default=None, help=f"timm's train.py (default: ${TIMM_TRAIN_ENV})")
-        q.add_argument("--data-dir", default=None, help="the digits ImageFolder (written there when missing)")
-        q.add_argument("--work-dir", default=None, help="run folders and traces (default: a new temporary folder)")
+    add_shared_flags(r, c)
     return p
 
 
