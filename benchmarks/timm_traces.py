@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import hashlib
 import json
 import os
@@ -195,9 +194,11 @@ def _argv(argv: Sequence[str]) -> Iterator[None]:
 
 
 def read_summary(path: str) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: float(row[k]) for k in ("epoch", *SUMMARY_KEYS) if row.get(k) not in (None, "")} for row in rows]
+    """The columns both scripts write, as numbers, from a summary.csv (timm's or timm-lap's)."""
+    from timm_lap.cli.train import read_summary as read_rows
+
+    return [{k: float(row[k]) for k in ("epoch", *SUMMARY_KEYS) if row.get(k) not in (None, "")}
+            for row in read_rows(path)]
 
 
 def file_sha256(path: str) -> str:
